@@ -1,0 +1,120 @@
+"""OpenAI's byte-level BPE tokenizer for GPT-2.
+
+Encoding happens in three steps:
+1. A regex splits the text into "words": letters, digits, punctuation and whitespace runs, each
+   usually carrying the space in front of it (" world").
+2. Each word's UTF-8 bytes are spelled with printable stand-in characters (see bytes_to_unicode).
+3. Byte pair encoding merges adjacent symbols of each word, always the pair ranked best in
+   vocab.bpe, until no ranked pair is left; each resulting symbol is one token id in encoder.json.
+Decoding joins the symbols and turns the stand-in characters back into bytes.
+"""
+
+import json
+import os
+
+import regex
+
+# Why no re.IGNORECASE: OpenAI's pattern is case sensitive, so "'S" in "HE'S" is not split off like
+# "'s" is. We must reproduce that quirk to get the same ids. \p{L} and \p{N} are Unicode letters and
+# numbers, which is why this needs the `regex` package and not `re`. `\s+(?!\S)` keeps the last space
+# of a whitespace run for the word that follows it, so " world" stays one token.
+PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# Distinct words remembered between calls; a long text with many rare words must not grow the cache
+# forever, so it is emptied when it gets this big (common words come back quickly).
+MAX_CACHED_WORDS = 100_000
+
+
+def bytes_to_unicode():
+    """Map each of the 256 byte values to a printable unicode character.
+
+    BPE works on strings, and vocab.bpe is a text file, so every byte needs a visible character that
+    is not whitespace or a control code (those would break the file format and the regex). Printable
+    latin-1 bytes stand for themselves; the other 68 bytes are shifted to characters from 256 up.
+    That is why a leading space appears as "Ġ" (256 + 32) in encoder.json.
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    byte_to_char, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            byte_to_char[b] = chr(b)
+        else:
+            byte_to_char[b] = chr(256 + shift)
+            shift += 1
+    return byte_to_char
+
+
+def get_pairs(word):
+    """The set of adjacent symbol pairs of a word given as a tuple of symbols."""
+    return set(zip(word, word[1:]))
+
+
+class Encoder:
+    def __init__(self, encoder, bpe_merges):
+        self.encoder = encoder  # symbol string -> token id
+        self.decoder = {v: k for k, v in self.encoder.items()}
+        self.bpe_ranks = dict(zip(bpe_merges, range(len(bpe_merges))))
+        byte_to_char = bytes_to_unicode()
+        # str.translate tables: a word's UTF-8 bytes read as latin-1 characters (one per byte) are
+        # translated to their stand-ins in one C call, and back when decoding.
+        self.byte_encoder = str.maketrans({chr(b): c for b, c in byte_to_char.items()})
+        self.byte_decoder = str.maketrans({c: chr(b) for b, c in byte_to_char.items()})
+        self.pattern = regex.compile(PATTERN)
+        self.cache = {}  # word -> list of token ids
+
+    def bpe(self, word):
+        """Merge the symbols of one word (a string of stand-in characters) into BPE tokens."""
+        symbols = tuple(word)
+        pairs = get_pairs(symbols)
+        while pairs:
+            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if best not in self.bpe_ranks:
+                break
+            first, second = best
+            merged, i = [], 0
+            while i < len(symbols):
+                if i < len(symbols) - 1 and symbols[i] == first and symbols[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = tuple(merged)
+            pairs = get_pairs(symbols)
+        return symbols
+
+    def encode_word(self, word):
+        ids = self.cache.get(word)
+        if ids is None:
+            symbols = self.bpe(word.encode("utf-8").decode("latin-1").translate(self.byte_encoder))
+            ids = [self.encoder[symbol] for symbol in symbols]
+            if len(self.cache) >= MAX_CACHED_WORDS:
+                self.cache.clear()
+            self.cache[word] = ids
+        return ids
+
+    def encode(self, text):
+        """Text -> list of token ids. Special tokens such as <|endoftext|> are encoded as plain text."""
+        ids = []
+        for word in self.pattern.findall(text):
+            ids.extend(self.encode_word(word))
+        return ids
+
+    def decode(self, ids):
+        """List of token ids -> text. Bytes that are not valid UTF-8 on their own (part of a character
+        split across tokens) become U+FFFD."""
+        symbols = "".join(self.decoder[i] for i in ids)
+        return symbols.translate(self.byte_decoder).encode("latin-1").decode("utf-8", errors="replace")
+
+
+def get_encoder(model_name, models_dir):
+    """Read models_dir/model_name/encoder.json and vocab.bpe."""
+    model_dir = os.path.join(models_dir, model_name)
+    with open(os.path.join(model_dir, "encoder.json"), encoding="utf-8") as f:
+        encoder = json.load(f)
+    with open(os.path.join(model_dir, "vocab.bpe"), encoding="utf-8") as f:
+        bpe_data = f.read()
+    # The first line is a version header; the file ends with a newline.
+    bpe_merges = [tuple(line.split()) for line in bpe_data.split("\n")[1:-1]]
+    return Encoder(encoder=encoder, bpe_merges=bpe_merges)

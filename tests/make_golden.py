@@ -1,0 +1,40 @@
+"""Write tests/golden/hf_small.npz: what HuggingFace's GPT2LMHeadModel computes for the random weights of
+conftest.SMALL_HPARAMS and SEED. Needs torch and transformers; the tests then run without them.
+
+    python tests/make_golden.py
+"""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import GOLDEN_PATH, GREEDY_TOKENS, PROMPT_IDS, SEED, SMALL_HPARAMS  # noqa: E402
+from hf_reference import hf_greedy, hf_logits, hf_model  # noqa: E402
+from random_model import random_openai_variables  # noqa: E402
+
+
+def main():
+    model = hf_model(random_openai_variables(SMALL_HPARAMS, SEED), SMALL_HPARAMS)
+    long_ids = np.random.RandomState(SEED + 1).randint(0, SMALL_HPARAMS["n_vocab"], SMALL_HPARAMS["n_ctx"])
+    columns = np.arange(0, SMALL_HPARAMS["n_vocab"], 97)
+    prompt_logits = hf_logits(model, PROMPT_IDS)
+    greedy_ids = hf_greedy(model, PROMPT_IDS, GREEDY_TOKENS)
+    # Greedy ids are only a fair test if no step is a near tie that rounding could flip.
+    all_logits = np.sort(hf_logits(model, PROMPT_IDS + greedy_ids[:-1])[len(PROMPT_IDS) - 1:], axis=-1)
+    margin = float((all_logits[:, -1] - all_logits[:, -2]).min())
+    assert margin > 1e-3, f"greedy step too close to a tie ({margin}); pick another seed"
+    np.savez_compressed(
+        GOLDEN_PATH,
+        prompt_logits_last=prompt_logits[-1],
+        long_ids=long_ids,
+        columns=columns,
+        long_logits_columns=hf_logits(model, long_ids.tolist())[:, columns],
+        greedy_ids=np.array(greedy_ids),
+    )
+    print(f"wrote {GOLDEN_PATH}; smallest greedy margin {margin:.4f}")
+
+
+if __name__ == "__main__":
+    main()

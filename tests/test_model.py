@@ -1,0 +1,97 @@
+"""The NumPy forward pass and greedy generation against HuggingFace's GPT2LMHeadModel on the same weights."""
+
+import io
+import os
+import tokenize
+
+import numpy as np
+import pytest
+
+import gpt2
+import gpt2_pico
+from conftest import GREEDY_TOKENS, PROMPT_IDS, REPO_DIR, SMALL_HPARAMS, SEED
+
+N_HEAD = SMALL_HPARAMS["n_head"]
+
+
+def test_logits_match_hf_golden(small_params, golden):
+    logits = gpt2.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD)
+    assert logits.shape == (len(PROMPT_IDS), SMALL_HPARAMS["n_vocab"])
+    np.testing.assert_allclose(logits[-1], golden["prompt_logits_last"], atol=1e-4, rtol=0)
+    long_logits = gpt2.gpt2(golden["long_ids"].tolist(), **small_params, n_head=N_HEAD)  # every position of n_ctx
+    np.testing.assert_allclose(long_logits[:, golden["columns"]], golden["long_logits_columns"], atol=1e-4, rtol=0)
+
+
+def test_greedy_matches_hf_golden(small_params, golden):
+    assert gpt2.generate(PROMPT_IDS, small_params, N_HEAD, GREEDY_TOKENS) == golden["greedy_ids"].tolist()
+
+
+def test_pico_matches_gpt2(small_params, golden):
+    ids = golden["long_ids"].tolist()
+    np.testing.assert_allclose(gpt2_pico.gpt2(ids, **small_params, n_head=N_HEAD),
+                               gpt2.gpt2(ids, **small_params, n_head=N_HEAD), atol=1e-5, rtol=0)
+    assert gpt2_pico.generate(PROMPT_IDS, small_params, N_HEAD, GREEDY_TOKENS) == golden["greedy_ids"].tolist()
+
+
+def test_pico_is_at_most_60_lines_of_code():
+    with open(os.path.join(REPO_DIR, "gpt2_pico.py"), encoding="utf-8") as f:
+        source = f.read()
+    ignored = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+               tokenize.ENDMARKER, tokenize.STRING}
+    code_lines = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in ignored:
+            code_lines.update(range(token.start[0], token.end[0] + 1))
+    assert len(code_lines) <= 60
+    assert max(len(line) for line in source.splitlines()) < 120
+
+
+def test_float32_throughout(small_params):
+    x = np.random.RandomState(1).standard_normal((5, SMALL_HPARAMS["n_embd"])).astype(np.float32)
+    block = small_params["blocks"][0]
+    assert gpt2.gelu(x).dtype == np.float32
+    assert gpt2.softmax(x).dtype == np.float32
+    assert gpt2.layer_norm(x, **block["ln_1"]).dtype == np.float32
+    assert gpt2.ffn(x, **block["mlp"]).dtype == np.float32
+    assert gpt2.mha(x, **block["attn"], n_head=N_HEAD).dtype == np.float32
+    assert gpt2.transformer_block(x, **block, n_head=N_HEAD).dtype == np.float32
+    assert gpt2.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD).dtype == np.float32
+    assert gpt2_pico.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD).dtype == np.float32
+
+
+def test_gelu_and_softmax_values():
+    x = np.array([-3.0, -1.0, 0.0, 0.5, 2.0], dtype=np.float32)
+    # GPT-2's tanh-approximated GELU, written out from its definition in float64
+    expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)))
+    np.testing.assert_allclose(gpt2.gelu(x), expected, rtol=1e-6, atol=1e-7)
+    big = np.array([[1000.0, 1000.0, -1000.0]], dtype=np.float32)
+    np.testing.assert_allclose(gpt2.softmax(big), [[0.5, 0.5, 0.0]])
+
+
+def test_generate_leaves_the_callers_list_alone(small_params):
+    inputs = list(PROMPT_IDS)
+    out = gpt2.generate(inputs, small_params, N_HEAD, 3)
+    assert inputs == PROMPT_IDS and len(out) == 3
+
+
+def test_generate_rejects_bad_lengths(small_params):
+    with pytest.raises(ValueError, match="at least 1"):
+        gpt2.generate(PROMPT_IDS, small_params, N_HEAD, 0)
+    with pytest.raises(ValueError, match=r"10 tokens.*55.*65.*64"):
+        gpt2.generate(PROMPT_IDS, small_params, N_HEAD, 55)
+    n_ctx = SMALL_HPARAMS["n_ctx"]
+    assert len(gpt2.generate(PROMPT_IDS, small_params, N_HEAD, n_ctx - len(PROMPT_IDS))) == n_ctx - len(PROMPT_IDS)
+
+
+def test_live_against_transformers(small_variables, small_params):
+    """The same comparison as the golden files, computed now, on inputs the golden files do not hold."""
+    pytest.importorskip("transformers")
+    from hf_reference import hf_greedy, hf_logits, hf_model
+
+    model = hf_model(small_variables, SMALL_HPARAMS)
+    rng = np.random.RandomState(SEED + 2)
+    for n_seq in (1, 7, SMALL_HPARAMS["n_ctx"]):
+        ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], n_seq).tolist()
+        np.testing.assert_allclose(gpt2.gpt2(ids, **small_params, n_head=N_HEAD), hf_logits(model, ids), atol=1e-4, rtol=0)
+    ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], 5).tolist()
+    assert gpt2.generate(ids, small_params, N_HEAD, 30) == hf_greedy(model, ids, 30)

@@ -1,0 +1,148 @@
+"""Loading OpenAI's model folder: the TensorFlow checkpoint, the converted .npy copy, and downloads."""
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import utils
+from conftest import REPO_DIR, SMALL_HPARAMS
+
+
+def assert_same_params(params, expected):
+    assert params.keys() == expected.keys()
+    assert len(params["blocks"]) == len(expected["blocks"])
+    flat, flat_expected = [], []
+
+    def walk(a, b):
+        if isinstance(b, dict):
+            assert a.keys() == b.keys()
+            for key in b:
+                walk(a[key], b[key])
+        elif isinstance(b, list):
+            for x, y in zip(a, b):
+                walk(x, y)
+        else:
+            flat.append(a)
+            flat_expected.append(b)
+
+    walk(params, expected)
+    for array, reference in zip(flat, flat_expected):
+        assert array.dtype == np.float32 and array.shape == reference.shape
+        np.testing.assert_array_equal(array, reference)
+
+
+def test_124M_has_the_published_parameter_count():
+    hparams = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+    assert sum(np.prod(shape) for shape in utils.expected_shapes(hparams).values()) == 124_439_808
+
+
+def test_loads_openai_folder_exactly(models_copy, small_params):
+    shutil.rmtree(models_copy / "124M" / "npy")
+    encoder, hparams, params = utils.load_encoder_hparams_and_params("124M", str(models_copy))
+    assert hparams == SMALL_HPARAMS
+    assert encoder.encode("Not all heroes wear capes.") == [3673, 477, 10281, 5806, 1451, 274, 13]
+    assert_same_params(params, small_params)
+    assert os.path.isfile(models_copy / "124M" / "npy" / "manifest.json")
+    assert not [name for name in os.listdir(models_copy / "124M") if name.startswith(".")]  # no temporary left
+
+
+def test_second_load_needs_no_tensorflow(models_copy, small_params):
+    code = (
+        "import sys, utils\n"
+        f"e, h, p = utils.load_encoder_hparams_and_params('124M', {str(models_copy)!r})\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "print(float(p['blocks'][1]['mlp']['c_fc']['w'].sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) == float(small_params["blocks"][1]["mlp"]["c_fc"]["w"].sum())
+
+
+def converted_file(models_dir, name="blocks.0.attn.c_attn.w.npy"):
+    return models_dir / "124M" / "npy" / name
+
+
+@pytest.mark.parametrize("damage", ["truncate", "rewrite", "delete", "manifest", "checkpoint_changed"])
+def test_damaged_or_stale_copy_is_rebuilt(models_copy, small_params, damage, capsys):
+    path = converted_file(models_copy)
+    if damage == "truncate":
+        os.truncate(path, os.path.getsize(path) - 100)
+    elif damage == "rewrite":  # same size, other numbers
+        np.save(path, np.zeros((SMALL_HPARAMS["n_embd"], 3 * SMALL_HPARAMS["n_embd"]), np.float32))
+    elif damage == "delete":
+        os.remove(path)
+    elif damage == "manifest":
+        converted_file(models_copy, "manifest.json").write_text("{not json")
+    elif damage == "checkpoint_changed":
+        os.utime(models_copy / "124M" / "model.ckpt.data-00000-of-00001", ns=(0, 0))
+    _, _, params = utils.load_encoder_hparams_and_params("124M", str(models_copy))
+    assert_same_params(params, small_params)
+    assert "rebuilding" in capsys.readouterr().err
+
+
+def test_damaged_hparams_named_in_error(models_copy):
+    (models_copy / "124M" / "hparams.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"hparams\.json is damaged"):
+        utils.load_encoder_hparams_and_params("124M", str(models_copy))
+
+
+def test_unknown_model_size_lists_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="124M, 355M, 774M, 1558M"):
+        utils.load_encoder_hparams_and_params("../124M", str(tmp_path))
+
+
+@pytest.fixture
+def file_server(small_models_dir):
+    """Serve small_models_dir over HTTP on 127.0.0.1 (so {base}/124M/{file} exists) for one test."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(small_models_dir))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloads_missing_files(file_server, tmp_path, small_params, monkeypatch):
+    monkeypatch.setenv("GPT2_BASE_URL", file_server)
+    _, hparams, params = utils.load_encoder_hparams_and_params("124M", str(tmp_path))
+    assert hparams == SMALL_HPARAMS
+    assert_same_params(params, small_params)
+    assert set(utils.FILES) <= set(os.listdir(tmp_path / "124M"))
+
+
+def closed_port_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
+
+
+def test_failed_download_names_file_and_url_and_leaves_nothing(tmp_path, monkeypatch):
+    base = closed_port_url()
+    monkeypatch.setenv("GPT2_BASE_URL", base)
+    with pytest.raises(OSError, match=f"could not download checkpoint from {base}/124M/checkpoint"):
+        utils.load_encoder_hparams_and_params("124M", str(tmp_path))
+    assert os.listdir(tmp_path / "124M") == []
+
+
+def test_missing_file_on_server_is_an_error(file_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_BASE_URL", file_server)
+    with pytest.raises(OSError, match="could not download checkpoint from .*/355M/checkpoint.*404"):
+        utils.load_encoder_hparams_and_params("355M", str(tmp_path))
+    assert os.listdir(tmp_path / "355M") == []
+
+
+def test_converted_copy_records_its_source(models_copy):
+    manifest = json.loads(converted_file(models_copy, "manifest.json").read_text())
+    assert set(manifest["source"]) == {"model.ckpt.data-00000-of-00001", "model.ckpt.index"}
+    assert len(manifest["tensors"]) == 4 + 12 * SMALL_HPARAMS["n_layer"]
