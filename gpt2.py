@@ -103,6 +103,8 @@ def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"
     """
     from utils import load_encoder_hparams_and_params
 
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be text, not {prompt!r} (on the command line, give it first)")
     check_n_tokens_to_generate(n_tokens_to_generate)
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
     input_ids = encoder.encode(prompt) or [END_OF_TEXT]
@@ -112,10 +114,14 @@ def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"
 
 def cli():
     import fire
-    from fire.decorators import SetParseFns
 
+    # fire reads every argument as a Python literal: "Hello, world" would arrive as a tuple and "42" as
+    # a number. Handed over as a quoted literal, the prompt arrives exactly as typed.
+    args = sys.argv[1:]
+    if args and not args[0].startswith("-"):
+        args[0] = repr(args[0])
     try:
-        fire.Fire(SetParseFns(prompt=str)(main))  # the prompt stays text: fire would turn "42" into a number
+        fire.Fire(main, command=args)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -40,12 +40,14 @@ def test_first_load_prints_no_tensorflow_noise(models_copy):
     assert result.stderr.strip().splitlines() == [f"Converting the checkpoint in {models_copy}/124M to NumPy arrays (only once)."]
 
 
-def test_prompt_that_looks_like_a_number_stays_text(models_copy, encoder, small_params):
+@pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", "it's \"quoted\" \\"])
+def test_prompt_that_looks_like_python_stays_text(models_copy, encoder, small_params, prompt):
+    """fire alone would hand main the number 42, the tuple ('Hello', 'world'), a list, None."""
     import gpt2
 
-    result = run_cli("42", "--n_tokens_to_generate", "3", "--models_dir", str(models_copy))
+    result = run_cli(prompt, "--n_tokens_to_generate", "3", "--models_dir", str(models_copy))
     assert result.returncode == 0, result.stderr
-    expected = encoder.decode(gpt2.generate(encoder.encode("42"), small_params, SMALL_HPARAMS["n_head"], 3))
+    expected = encoder.decode(gpt2.generate(encoder.encode(prompt), small_params, SMALL_HPARAMS["n_head"], 3))
     assert result.stdout == expected + "\n"
 
 
