@@ -36,6 +36,13 @@ def check_model_size(model_size):
         raise ValueError(f"unknown model size {model_size!r}: choose one of {', '.join(MODEL_SIZES)}")
 
 
+def give_usual_permissions(path):
+    """mkstemp and mkdtemp make private entries (0600, 0700); a finished one gets what open() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def download_file(url, path):
     """Download url to path, showing a progress bar on stderr. The bytes go to a temporary file in the
     same folder, renamed to path only once complete, so a failed download never leaves a file that
@@ -54,6 +61,7 @@ def download_file(url, path):
                     for chunk in response.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))
+        give_usual_permissions(tmp_path)
         os.replace(tmp_path, path)
     except requests.RequestException as e:
         raise OSError(f"could not download {name} from {url}: {type(e).__name__}: {e}") from None
@@ -158,6 +166,7 @@ def convert_checkpoint(model_dir, hparams):
             json.dump(manifest, f)
         converted_dir = os.path.join(model_dir, CONVERTED_DIR)
         shutil.rmtree(converted_dir, ignore_errors=True)
+        give_usual_permissions(tmp_dir)
         os.rename(tmp_dir, converted_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

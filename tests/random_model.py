@@ -85,10 +85,13 @@ def write_openai_model_dir(model_dir, hparams, variables):
     tf = import_tensorflow()
     os.makedirs(model_dir, exist_ok=True)
     with tf.Graph().as_default():
-        tf_vars = [tf.compat.v1.Variable(value, name=name) for name, value in variables.items()]
-        saver = tf.compat.v1.train.Saver(tf_vars)
+        # Values are fed in, not baked into the graph, so model.ckpt.meta stays small, as OpenAI's is.
+        tf_vars = {name: tf.compat.v1.get_variable(name, value.shape, tf.float32) for name, value in variables.items()}
+        saver = tf.compat.v1.train.Saver(list(tf_vars.values()))
         with tf.compat.v1.Session() as session:
-            session.run(tf.compat.v1.global_variables_initializer())
+            for name, value in variables.items():
+                placeholder = tf.compat.v1.placeholder(tf.float32, value.shape)
+                session.run(tf_vars[name].assign(placeholder), {placeholder: value})
             saver.save(session, os.path.join(model_dir, "model.ckpt"))
     with open(os.path.join(model_dir, "checkpoint"), "w") as f:  # OpenAI's names the checkpoint relatively
         f.write('model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n')

@@ -146,3 +146,12 @@ def test_converted_copy_records_its_source(models_copy):
     manifest = json.loads(converted_file(models_copy, "manifest.json").read_text())
     assert set(manifest["source"]) == {"model.ckpt.data-00000-of-00001", "model.ckpt.index"}
     assert len(manifest["tensors"]) == 4 + 12 * SMALL_HPARAMS["n_layer"]
+
+
+def test_files_made_get_the_usual_permissions(file_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_BASE_URL", file_server)
+    utils.load_encoder_hparams_and_params("124M", str(tmp_path))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "124M" / "hparams.json").st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(tmp_path / "124M" / "npy").st_mode & 0o777 == 0o777 & ~umask
