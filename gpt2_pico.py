@@ -55,7 +55,7 @@ def generate(inputs, params, n_head, n_tokens_to_generate):
     for _ in range(n_tokens_to_generate):
         logits = gpt2(ids, **params, n_head=n_head)
         ids.append(int(np.argmax(logits[-1])))
-    return ids[len(inputs):]
+    return ids[len(inputs) :]
 
 
 def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"):

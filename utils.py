@@ -53,14 +53,13 @@ def download_file(url, path):
     name = os.path.basename(path)
     fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f:
-            with requests.get(url, stream=True, timeout=(10, 60)) as response:
-                response.raise_for_status()
-                total = int(response.headers.get("content-length", 0)) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr) as bar:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
+        with os.fdopen(fd, "wb") as f, requests.get(url, stream=True, timeout=(10, 60)) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length", 0)) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr) as bar:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
         give_usual_permissions(tmp_path)
         os.replace(tmp_path, path)
     except requests.RequestException as e:
@@ -105,11 +104,18 @@ def expected_shapes(hparams):
     n_vocab, n_ctx, n_embd = hparams["n_vocab"], hparams["n_ctx"], hparams["n_embd"]
     shapes = {"wte": (n_vocab, n_embd), "wpe": (n_ctx, n_embd), "ln_f.g": (n_embd,), "ln_f.b": (n_embd,)}
     block = {
-        "attn.c_attn.w": (n_embd, 3 * n_embd), "attn.c_attn.b": (3 * n_embd,),
-        "attn.c_proj.w": (n_embd, n_embd), "attn.c_proj.b": (n_embd,),
-        "ln_1.g": (n_embd,), "ln_1.b": (n_embd,), "ln_2.g": (n_embd,), "ln_2.b": (n_embd,),
-        "mlp.c_fc.w": (n_embd, 4 * n_embd), "mlp.c_fc.b": (4 * n_embd,),
-        "mlp.c_proj.w": (4 * n_embd, n_embd), "mlp.c_proj.b": (n_embd,),
+        "attn.c_attn.w": (n_embd, 3 * n_embd),
+        "attn.c_attn.b": (3 * n_embd,),
+        "attn.c_proj.w": (n_embd, n_embd),
+        "attn.c_proj.b": (n_embd,),
+        "ln_1.g": (n_embd,),
+        "ln_1.b": (n_embd,),
+        "ln_2.g": (n_embd,),
+        "ln_2.b": (n_embd,),
+        "mlp.c_fc.w": (n_embd, 4 * n_embd),
+        "mlp.c_fc.b": (4 * n_embd,),
+        "mlp.c_proj.w": (4 * n_embd, n_embd),
+        "mlp.c_proj.b": (n_embd,),
     }
     for i in range(hparams["n_layer"]):
         shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
@@ -157,6 +163,10 @@ def convert_checkpoint(model_dir, hparams):
                 array = array[0]
             if array.shape != shapes[key]:
                 raise ValueError(f"{tf_name} in {ckpt_path} has shape {array.shape}, expected {shapes[key]}")
+            if key.endswith(".w"):
+                # Same [n_in, n_out] array, stored column by column: generating one token multiplies a
+                # vector by each matrix, and BLAS streams that product faster along contiguous columns.
+                array = np.asfortranarray(array)
             np.save(os.path.join(tmp_dir, f"{key}.npy"), array)
         manifest = {
             "source": file_stamps(model_dir, CHECKPOINT_FILES),
@@ -183,7 +193,9 @@ def load_converted(model_dir, hparams):
             return None
         if manifest["tensors"] != file_stamps(converted_dir, [f"{key}.npy" for key in shapes]):
             return None
-        flat = {key: np.load(os.path.join(converted_dir, f"{key}.npy"), mmap_mode="r", allow_pickle=False) for key in shapes}
+        flat = {
+            key: np.load(os.path.join(converted_dir, f"{key}.npy"), mmap_mode="r", allow_pickle=False) for key in shapes
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if any(flat[key].shape != shape or flat[key].dtype != np.float32 for key, shape in shapes.items()):
@@ -198,7 +210,9 @@ def load_hparams(model_dir):
             hparams = json.load(f)
         return {key: int(hparams[key]) for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")}
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); delete it and run again to download it anew") from None
+        raise ValueError(
+            f"{path} is damaged ({type(e).__name__}: {e}); delete it and run again to download it anew"
+        ) from None
 
 
 def load_encoder_hparams_and_params(model_size, models_dir):
@@ -213,7 +227,10 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     params = load_converted(model_dir, hparams)
     if params is None:
         if os.path.isdir(os.path.join(model_dir, CONVERTED_DIR)):
-            print(f"The converted copy in {model_dir}/{CONVERTED_DIR} is out of date or damaged: rebuilding it.", file=sys.stderr)
+            print(
+                f"The converted copy in {model_dir}/{CONVERTED_DIR} is out of date or damaged: rebuilding it.",
+                file=sys.stderr,
+            )
         else:
             print(f"Converting the checkpoint in {model_dir} to NumPy arrays (only once).", file=sys.stderr)
         convert_checkpoint(model_dir, hparams)

@@ -60,8 +60,12 @@ def tiktoken_gpt2(tokenizer_dir):
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    ranks = data_gym_to_mergeable_bpe_ranks(os.path.join(tokenizer_dir, "vocab.bpe"), os.path.join(tokenizer_dir, "encoder.json"))
-    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        os.path.join(tokenizer_dir, "vocab.bpe"), os.path.join(tokenizer_dir, "encoder.json")
+    )
+    return tiktoken.Encoding(
+        name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +73,7 @@ def small_models_dir(tmp_path_factory, small_variables):
     """A models folder whose 124M holds the small random model in OpenAI's layout, already converted
     (remove 124M/npy to test the first load). Tests that change files must copy it first (models_copy)."""
     from random_model import write_openai_model_dir
+
     from utils import load_encoder_hparams_and_params
 
     models_dir = tmp_path_factory.mktemp("models")

@@ -7,9 +7,16 @@ from transformers import GPT2Config, GPT2LMHeadModel
 def hf_model(variables, hparams):
     """GPT2LMHeadModel with OpenAI's variables (as made by random_model.random_openai_variables)."""
     config = GPT2Config(
-        vocab_size=hparams["n_vocab"], n_positions=hparams["n_ctx"], n_embd=hparams["n_embd"],
-        n_layer=hparams["n_layer"], n_head=hparams["n_head"], activation_function="gelu_new",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+        vocab_size=hparams["n_vocab"],
+        n_positions=hparams["n_ctx"],
+        n_embd=hparams["n_embd"],
+        n_layer=hparams["n_layer"],
+        n_head=hparams["n_head"],
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
     )
     model = GPT2LMHeadModel(config).eval()
     # HF's Conv1D keeps OpenAI's [n_in, n_out] layout, so conv weights only lose their leading 1.
@@ -25,7 +32,10 @@ def hf_model(variables, hparams):
         state["transformer." + ".".join(path + [leaf])] = torch.from_numpy(array)
     state["lm_head.weight"] = state["transformer.wte.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("masked_bias") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("masked_bias") for k in missing), (
+        missing,
+        unexpected,
+    )
     return model
 
 
@@ -36,6 +46,13 @@ def hf_logits(model, ids):
 
 def hf_greedy(model, ids, n_tokens):
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n_tokens, do_sample=False, num_beams=1,
-                             min_new_tokens=n_tokens, pad_token_id=0, attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=n_tokens,
+            do_sample=False,
+            num_beams=1,
+            min_new_tokens=n_tokens,
+            pad_token_id=0,
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        )
+    return out[0, len(ids) :].tolist()

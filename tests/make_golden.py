@@ -10,9 +10,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import GOLDEN_PATH, GREEDY_TOKENS, PROMPT_IDS, SEED, SMALL_HPARAMS  # noqa: E402
-from hf_reference import hf_greedy, hf_logits, hf_model  # noqa: E402
-from random_model import random_openai_variables  # noqa: E402
+from conftest import GOLDEN_PATH, GREEDY_TOKENS, PROMPT_IDS, SEED, SMALL_HPARAMS
+from hf_reference import hf_greedy, hf_logits, hf_model
+from random_model import random_openai_variables
 
 
 def main():
@@ -22,7 +22,7 @@ def main():
     prompt_logits = hf_logits(model, PROMPT_IDS)
     greedy_ids = hf_greedy(model, PROMPT_IDS, GREEDY_TOKENS)
     # Greedy ids are only a fair test if no step is a near tie that rounding could flip.
-    all_logits = np.sort(hf_logits(model, PROMPT_IDS + greedy_ids[:-1])[len(PROMPT_IDS) - 1:], axis=-1)
+    all_logits = np.sort(hf_logits(model, PROMPT_IDS + greedy_ids[:-1])[len(PROMPT_IDS) - 1 :], axis=-1)
     margin = float((all_logits[:, -1] - all_logits[:, -2]).min())
     assert margin > 1e-3, f"greedy step too close to a tie ({margin}); pick another seed"
     np.savez_compressed(

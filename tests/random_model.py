@@ -41,14 +41,22 @@ def random_openai_variables(hparams, seed):
     variables = {"model/wte": normal([n_vocab, d], 0.3), "model/wpe": normal([n_ctx, d], 0.1)}
     for i in range(hparams["n_layer"]):
         h = f"model/h{i}"
-        variables.update({
-            f"{h}/ln_1/g": normal([d], 0.1, 1.0), f"{h}/ln_1/b": normal([d], 0.1),
-            f"{h}/attn/c_attn/w": normal([1, d, 3 * d], 0.3), f"{h}/attn/c_attn/b": normal([3 * d], 0.1),
-            f"{h}/attn/c_proj/w": normal([1, d, d], 0.3), f"{h}/attn/c_proj/b": normal([d], 0.1),
-            f"{h}/ln_2/g": normal([d], 0.1, 1.0), f"{h}/ln_2/b": normal([d], 0.1),
-            f"{h}/mlp/c_fc/w": normal([1, d, 4 * d], 0.3), f"{h}/mlp/c_fc/b": normal([4 * d], 0.1),
-            f"{h}/mlp/c_proj/w": normal([1, 4 * d, d], 0.3), f"{h}/mlp/c_proj/b": normal([d], 0.1),
-        })
+        variables.update(
+            {
+                f"{h}/ln_1/g": normal([d], 0.1, 1.0),
+                f"{h}/ln_1/b": normal([d], 0.1),
+                f"{h}/attn/c_attn/w": normal([1, d, 3 * d], 0.3),
+                f"{h}/attn/c_attn/b": normal([3 * d], 0.1),
+                f"{h}/attn/c_proj/w": normal([1, d, d], 0.3),
+                f"{h}/attn/c_proj/b": normal([d], 0.1),
+                f"{h}/ln_2/g": normal([d], 0.1, 1.0),
+                f"{h}/ln_2/b": normal([d], 0.1),
+                f"{h}/mlp/c_fc/w": normal([1, d, 4 * d], 0.3),
+                f"{h}/mlp/c_fc/b": normal([4 * d], 0.1),
+                f"{h}/mlp/c_proj/w": normal([1, 4 * d, d], 0.3),
+                f"{h}/mlp/c_proj/b": normal([d], 0.1),
+            }
+        )
     variables.update({"model/ln_f/g": normal([d], 0.1, 1.0), "model/ln_f/b": normal([d], 0.1)})
     return variables
 
@@ -66,12 +74,14 @@ def nested_params(variables, n_layer):
 
         return {
             "attn": {"c_attn": dense("attn/c_attn"), "c_proj": dense("attn/c_proj")},
-            "ln_1": norm("ln_1"), "ln_2": norm("ln_2"),
+            "ln_1": norm("ln_1"),
+            "ln_2": norm("ln_2"),
             "mlp": {"c_fc": dense("mlp/c_fc"), "c_proj": dense("mlp/c_proj")},
         }
 
     return {
-        "wte": v["wte"], "wpe": v["wpe"],
+        "wte": v["wte"],
+        "wpe": v["wpe"],
         "blocks": [block(i) for i in range(n_layer)],
         "ln_f": {"g": v["ln_f/g"], "b": v["ln_f/b"]},
     }

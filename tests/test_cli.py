@@ -6,14 +6,19 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import PROMPT, REPO_DIR, SMALL_HPARAMS
 from test_utils import closed_port_url
 
 
 def run_cli(*args, env=None, script="gpt2.py"):
-    return subprocess.run([sys.executable, os.path.join(REPO_DIR, script), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_DIR, script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
 
 
 def assert_clean_error(result, *fragments):
@@ -37,10 +42,12 @@ def test_first_load_prints_no_tensorflow_noise(models_copy):
     shutil.rmtree(models_copy / "124M" / "npy")
     result = run_cli("Hello", "--n_tokens_to_generate", "1", "--models_dir", str(models_copy))
     assert result.returncode == 0
-    assert result.stderr.strip().splitlines() == [f"Converting the checkpoint in {models_copy}/124M to NumPy arrays (only once)."]
+    assert result.stderr.strip().splitlines() == [
+        f"Converting the checkpoint in {models_copy}/124M to NumPy arrays (only once)."
+    ]
 
 
-@pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", "it's \"quoted\" \\"])
+@pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", 'it\'s "quoted" \\'])
 def test_prompt_that_looks_like_python_stays_text(models_copy, encoder, small_params, prompt):
     """fire alone would hand main the number 42, the tuple ('Hello', 'world'), a list, None."""
     import gpt2

@@ -3,11 +3,11 @@
 import glob
 import os
 
+from conftest import PROMPT, PROMPT_IDS, REPO_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import encoder as encoder_module
-from conftest import PROMPT, PROMPT_IDS, REPO_DIR
 
 CORPUS = [
     "",
@@ -20,7 +20,7 @@ CORPUS = [
     "\n\n\n",
     "       \n    \n  x  ",
     "def f(x):\n    return {'a': [1, 2.5e-3, 0x1F]}  # comment\n\tif x != y and z >= 3: pass",
-    "int main(void) { printf(\"%d\\n\", a[i++] << 2); return 0; }",
+    'int main(void) { printf("%d\\n", a[i++] << 2); return 0; }',
     "0 1 12 123 1234 12345 3.14159 1,000,000 +49 (0)30 2026-11-25 10:30:00",
     "日本語のテキストと中文文本，还有한국어 텍스트.",
     "Emoji: 🤗👍🏽👩‍👩‍👧‍👦🇩🇪 ✨🔥 and a heart ❤️",

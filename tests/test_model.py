@@ -6,10 +6,10 @@ import tokenize
 
 import numpy as np
 import pytest
+from conftest import GREEDY_TOKENS, PROMPT_IDS, REPO_DIR, SEED, SMALL_HPARAMS
 
 import gpt2
 import gpt2_pico
-from conftest import GREEDY_TOKENS, PROMPT_IDS, REPO_DIR, SMALL_HPARAMS, SEED
 
 N_HEAD = SMALL_HPARAMS["n_head"]
 
@@ -28,16 +28,27 @@ def test_greedy_matches_hf_golden(small_params, golden):
 
 def test_pico_matches_gpt2(small_params, golden):
     ids = golden["long_ids"].tolist()
-    np.testing.assert_allclose(gpt2_pico.gpt2(ids, **small_params, n_head=N_HEAD),
-                               gpt2.gpt2(ids, **small_params, n_head=N_HEAD), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        gpt2_pico.gpt2(ids, **small_params, n_head=N_HEAD),
+        gpt2.gpt2(ids, **small_params, n_head=N_HEAD),
+        atol=1e-5,
+        rtol=0,
+    )
     assert gpt2_pico.generate(PROMPT_IDS, small_params, N_HEAD, GREEDY_TOKENS) == golden["greedy_ids"].tolist()
 
 
 def test_pico_is_at_most_60_lines_of_code():
     with open(os.path.join(REPO_DIR, "gpt2_pico.py"), encoding="utf-8") as f:
         source = f.read()
-    ignored = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-               tokenize.ENDMARKER, tokenize.STRING}
+    ignored = {
+        tokenize.COMMENT,
+        tokenize.NL,
+        tokenize.NEWLINE,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+        tokenize.ENDMARKER,
+        tokenize.STRING,
+    }
     code_lines = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type not in ignored:
@@ -62,7 +73,9 @@ def test_float32_throughout(small_params):
 def test_gelu_and_softmax_values():
     x = np.array([-3.0, -1.0, 0.0, 0.5, 2.0], dtype=np.float32)
     # GPT-2's tanh-approximated GELU, written out from its definition in float64
-    expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)))
+    expected = (
+        0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)))
+    )
     np.testing.assert_allclose(gpt2.gelu(x), expected, rtol=1e-6, atol=1e-7)
     big = np.array([[1000.0, 1000.0, -1000.0]], dtype=np.float32)
     np.testing.assert_allclose(gpt2.softmax(big), [[0.5, 0.5, 0.0]])
@@ -92,6 +105,48 @@ def test_live_against_transformers(small_variables, small_params):
     rng = np.random.RandomState(SEED + 2)
     for n_seq in (1, 7, SMALL_HPARAMS["n_ctx"]):
         ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], n_seq).tolist()
-        np.testing.assert_allclose(gpt2.gpt2(ids, **small_params, n_head=N_HEAD), hf_logits(model, ids), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            gpt2.gpt2(ids, **small_params, n_head=N_HEAD), hf_logits(model, ids), atol=1e-4, rtol=0
+        )
     ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], 5).tolist()
     assert gpt2.generate(ids, small_params, N_HEAD, 30) == hf_greedy(model, ids, 30)
+
+
+LONG_HPARAMS = {"n_vocab": 500, "n_ctx": 256, "n_embd": 32, "n_head": 4, "n_layer": 2}
+
+
+@pytest.fixture(scope="module")
+def long_params():
+    from random_model import nested_params, random_openai_variables
+
+    return nested_params(random_openai_variables(LONG_HPARAMS, SEED), LONG_HPARAMS["n_layer"])
+
+
+def test_cached_logits_match_full_forward_at_every_step(long_params):
+    ids = np.random.RandomState(3).randint(0, LONG_HPARAMS["n_vocab"], 5).tolist()
+    logits, kv_cache = gpt2.gpt2_cached(
+        ids, **long_params, n_head=N_HEAD, kv_cache=gpt2.new_kv_cache(long_params, N_HEAD)
+    )
+    while True:
+        full = gpt2.gpt2(ids, **long_params, n_head=N_HEAD)  # recomputes every position: the reference
+        assert logits.shape == (LONG_HPARAMS["n_vocab"],) and logits.dtype == np.float32
+        np.testing.assert_allclose(logits, full[-1], atol=1e-4, rtol=0)
+        if len(ids) == LONG_HPARAMS["n_ctx"]:  # up to the last position of the context
+            break
+        ids.append(int(np.argmax(logits)))
+        logits, kv_cache = gpt2.gpt2_cached(ids[-1:], **long_params, n_head=N_HEAD, kv_cache=kv_cache)
+    assert kv_cache[1] == LONG_HPARAMS["n_ctx"]
+    assert all(buffer.dtype == np.float32 for buffer in kv_cache[0])
+
+
+def test_cache_takes_several_new_tokens_at_once(long_params):
+    ids = np.random.RandomState(5).randint(0, LONG_HPARAMS["n_vocab"], 40).tolist()
+    kv_cache = gpt2.new_kv_cache(long_params, N_HEAD)
+    for chunk in (ids[:20], ids[20:33], ids[33:34], ids[34:]):
+        logits, kv_cache = gpt2.gpt2_cached(chunk, **long_params, n_head=N_HEAD, kv_cache=kv_cache)
+    np.testing.assert_allclose(logits, gpt2.gpt2(ids, **long_params, n_head=N_HEAD)[-1], atol=1e-4, rtol=0)
+
+
+def test_cached_generation_equals_uncached_for_200_tokens(long_params):
+    ids = np.random.RandomState(4).randint(0, LONG_HPARAMS["n_vocab"], 10).tolist()
+    assert gpt2.generate(ids, long_params, N_HEAD, 200) == gpt2_pico.generate(ids, long_params, N_HEAD, 200)

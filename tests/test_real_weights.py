@@ -3,10 +3,10 @@
 import os
 
 import pytest
+from conftest import PROMPT, PROMPT_IDS, REPO_DIR
 
 import gpt2
 import utils
-from conftest import PROMPT, PROMPT_IDS, REPO_DIR
 
 MODELS_DIR = os.path.join(REPO_DIR, "models")
 
@@ -27,9 +27,20 @@ def test_alan_turing(model):
     ids = gpt2.generate(PROMPT_IDS, params, hparams["n_head"], 8)
     assert ids == [262, 749, 3665, 8217, 319, 262, 5440, 13]
     assert encoder.decode(ids) == " the most powerful machines on the planet."
-    assert gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=MODELS_DIR) == " the most powerful machines on the planet."
+    assert (
+        gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=MODELS_DIR) == " the most powerful machines on the planet."
+    )
 
 
 def test_san_francisco(model):
     encoder, hparams, params = model
-    assert gpt2.generate(encoder.encode("San Francisco is"), params, hparams["n_head"], 8) == [257, 1748, 286, 517, 621, 352, 1510, 661]
+    assert gpt2.generate(encoder.encode("San Francisco is"), params, hparams["n_head"], 8) == [
+        257,
+        1748,
+        286,
+        517,
+        621,
+        352,
+        1510,
+        661,
+    ]
