@@ -102,34 +102,72 @@ def make_random_model(models_dir, hparams=HPARAMS_124M, seed=0):
     return model_dir
 
 
-def timed_load_in_fresh_process(models_dir):
-    code = (
-        "import time; start = time.perf_counter()\n"
-        "import utils\n"
-        f"utils.load_encoder_hparams_and_params('124M', {models_dir!r})\n"
-        "print(time.perf_counter() - start)\n"
+def seconds_in_fresh_process(models_dir, code):
+    """Run `code` in a new Python; it prints seconds, measured from the top of the process."""
+    setup = "import time; start = time.perf_counter()\n"
+    result = subprocess.run(
+        [sys.executable, "-c", setup + code], cwd=REPO_DIR, capture_output=True, text=True, check=True
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True, check=True)
-    return float(out.stdout)
+    return float(result.stdout.split()[-1])
 
 
 def bench_load(models_dir, repeat=5):
-    """Seconds to load the 124M-shaped folder in a fresh Python process (imports included)."""
+    """Loading the 124M-shaped folder: the first time (conversion with TensorFlow) and later (mmap)."""
     import shutil
 
     model_dir = make_random_model(models_dir)
+    load = f"import utils\nutils.load_encoder_hparams_and_params('124M', {models_dir!r})\n"
     first = []
     for _ in range(3):
         shutil.rmtree(os.path.join(model_dir, "npy"), ignore_errors=True)
-        first.append(timed_load_in_fresh_process(models_dir))
-    cached = [timed_load_in_fresh_process(models_dir) for _ in range(repeat)]
-    print("load of a 124M-shaped model, fresh process, imports included:")
+        first.append(seconds_in_fresh_process(models_dir, load + "print(time.perf_counter() - start)"))
+    only_the_call = load.replace("utils.load", "start = time.perf_counter(); utils.load")
+    cached_call = [
+        seconds_in_fresh_process(models_dir, only_the_call + "print(time.perf_counter() - start)")
+        for _ in range(repeat)
+    ]
+    cached = [seconds_in_fresh_process(models_dir, load + "print(time.perf_counter() - start)") for _ in range(repeat)]
+    cli = [
+        seconds_in_fresh_process(
+            models_dir,
+            "import subprocess, sys\n"
+            f"subprocess.run([sys.executable, 'gpt2.py', 'Hello', '--n_tokens_to_generate', '1', '--models_dir', {models_dir!r}], "
+            "check=True, capture_output=True)\n"
+            "print(time.perf_counter() - start)",
+        )
+        for _ in range(repeat)
+    ]
+    print(f"load of the 124M-shaped model, medians of {repeat} runs (first load: of 3):")
+    print(f"  first load, TensorFlow converts the checkpoint (fresh process):  {statistics.median(first):.2f} s")
     print(
-        f"  first load (TensorFlow reads the checkpoint, writes .npy): {statistics.median(first):.2f} s (median of 3)"
+        f"  later loads, memory-mapped .npy: load_encoder_hparams_and_params {statistics.median(cached_call) * 1e3:.0f} ms"
     )
     print(
-        f"  later loads (memory-mapped .npy, no TensorFlow):          {statistics.median(cached) * 1000:.0f} ms (median of {repeat})"
+        f"                                   fresh process, imports included {statistics.median(cached) * 1e3:.0f} ms"
     )
+    print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1, start to end:   {statistics.median(cli):.2f} s")
+
+
+def machine_summary():
+    import platform
+
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+    blas = ""
+    try:
+        from threadpoolctl import threadpool_info
+
+        info = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        blas = ", ".join(
+            f"{p['internal_api']} {p['version']} {p.get('architecture', '')} {p['num_threads']} threads" for p in info
+        )
+    except ImportError:
+        pass
+    print(f"machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, {blas}")
 
 
 def read_bandwidth(repeat=7):
@@ -255,6 +293,7 @@ def main():
     parser.add_argument("--only", choices=["decode", "load", "encoder"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     args = parser.parse_args()
+    machine_summary()
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or tmp
         if args.only in (None, "decode"):

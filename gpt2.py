@@ -17,8 +17,19 @@ END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documen
 
 
 def gelu(x):
-    # a smooth ReLU, in the tanh approximation GPT-2 was trained with; x*x*x because x**3 is slow on float32
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+    # A smooth ReLU, in the tanh approximation GPT-2 was trained with:
+    # 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
+    # computed step by step in one buffer, because in a prompt x is [n_seq, 4*n_embd] and every
+    # temporary array costs time; x*x*x because x**3 is far slower on float32.
+    y = x * x * x
+    y *= 0.044715
+    y += x
+    y *= math.sqrt(2.0 / math.pi)
+    np.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def softmax(x):

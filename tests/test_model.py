@@ -71,12 +71,14 @@ def test_float32_throughout(small_params):
 
 
 def test_gelu_and_softmax_values():
-    x = np.array([-3.0, -1.0, 0.0, 0.5, 2.0], dtype=np.float32)
+    x = np.linspace(-6, 6, 101, dtype=np.float32).reshape(1, -1)
+    x64 = x.astype(np.float64)
     # GPT-2's tanh-approximated GELU, written out from its definition in float64
-    expected = (
-        0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)))
-    )
-    np.testing.assert_allclose(gpt2.gelu(x), expected, rtol=1e-6, atol=1e-7)
+    expected = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)))
+    np.testing.assert_allclose(gpt2.gelu(x), expected, rtol=1e-6, atol=5e-7)
+    expected = np.exp(x64) / np.exp(x64).sum()
+    np.testing.assert_allclose(gpt2.softmax(x), expected, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(x, np.linspace(-6, 6, 101, dtype=np.float32).reshape(1, -1))  # inputs untouched
     big = np.array([[1000.0, 1000.0, -1000.0]], dtype=np.float32)
     np.testing.assert_allclose(gpt2.softmax(big), [[0.5, 0.5, 0.0]])
 
