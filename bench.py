@@ -170,14 +170,20 @@ def machine_summary():
     print(f"machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, {blas}")
 
 
-def read_bandwidth(repeat=7):
+def read_bandwidth(seconds=1.0):
     """Streaming-read bandwidth in bytes/s: a matrix-vector product over 512 MB, far larger than any
-    cache, reads every byte once, with the same BLAS and threads as the model's own products."""
+    cache, reads every byte once, with the same BLAS and threads as the model's own products. Repeated
+    for about as long as a decode measurement lasts, so both see the machine over a similar stretch."""
     import numpy as np
 
     matrix = np.ones((128 * 1024, 1024), dtype=np.float32)
     vector = np.ones(1024, dtype=np.float32)
-    return matrix.nbytes / median_time(lambda: matrix @ vector, repeat)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        start = time.perf_counter()
+        matrix @ vector
+        times.append(time.perf_counter() - start)
+    return matrix.nbytes / statistics.median(times)
 
 
 def bytes_read_per_token(params):
@@ -254,7 +260,7 @@ def bench_generation(models_dir, rounds=5, n_prompt=16, n_new=128, n_prefill=512
     rows = []
     for _ in range(rounds):
         row = {"decode": n_new / ours_time(prompt, n_new), "prefill": n_prefill / ours_time(long_prompt, 1)}
-        row["bound"] = read_bandwidth(3) / weight_bytes
+        row["bound"] = read_bandwidth() / weight_bytes
         if hf is not None:
             row["hf_decode"] = n_new / hf_generate_time(hf, prompt, n_new)
             row["hf_prefill"] = n_prefill / hf_generate_time(hf, long_prompt, 1)

@@ -174,7 +174,7 @@ def cli():
         args[0] = repr(args[0])
     try:
         fire.Fire(main, command=args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -85,6 +85,8 @@ def import_tensorflow():
         os.dup2(devnull.fileno(), 2)
     try:
         import tensorflow as tf
+    except ImportError:
+        raise ImportError("TensorFlow is needed once, to convert the checkpoint: pip install tensorflow") from None
     finally:
         os.dup2(stderr_fd, 2)
         os.close(stderr_fd)
@@ -145,33 +147,44 @@ def file_stamps(directory, names):
     return stamps
 
 
+def read_checkpoint(ckpt_path):
+    """Yield (flat key, float32 array) for each tensor of OpenAI's TensorFlow checkpoint, one at a time."""
+    tf = import_tensorflow()
+    try:
+        for name, _ in tf.train.list_variables(ckpt_path):
+            array = np.asarray(tf.train.load_variable(ckpt_path, name), dtype=np.float32)
+            if array.ndim == 3 and array.shape[0] == 1:  # OpenAI stores conv weights as [1, n_in, n_out]
+                array = array[0]
+            yield tensor_key(name), array
+    except (tf.errors.OpError, IndexError) as e:  # a truncated data file gives IndexError
+        raise OSError(
+            f"cannot read the checkpoint {ckpt_path} ({type(e).__name__}); delete its files to download them anew"
+        ) from None
+
+
 def convert_checkpoint(model_dir, hparams):
     """Write every tensor of the TensorFlow checkpoint as float32 .npy into model_dir/npy, with a
     manifest of what it was made from. Built in a temporary folder and renamed at the end."""
-    tf = import_tensorflow()
-    ckpt_path = os.path.join(model_dir, "model.ckpt")
     shapes = expected_shapes(hparams)
     tmp_dir = tempfile.mkdtemp(dir=model_dir, prefix=f".{CONVERTED_DIR}.")
     try:
-        names = [name for name, _ in tf.train.list_variables(ckpt_path)]
-        keys = {tensor_key(name): name for name in names}
-        if set(keys) != set(shapes):
-            raise ValueError(f"{ckpt_path} does not hold the tensors that {model_dir}/hparams.json describes")
-        for key, tf_name in keys.items():
-            array = np.asarray(tf.train.load_variable(ckpt_path, tf_name), dtype=np.float32)
-            if array.ndim == 3 and array.shape[0] == 1:  # OpenAI stores conv weights as [1, n_in, n_out]
-                array = array[0]
-            if array.shape != shapes[key]:
-                raise ValueError(f"{tf_name} in {ckpt_path} has shape {array.shape}, expected {shapes[key]}")
+        for key, array in read_checkpoint(os.path.join(model_dir, "model.ckpt")):
+            if array.shape != shapes.get(key):
+                raise ValueError(
+                    f"the checkpoint in {model_dir} has {key} of shape {array.shape}, hparams.json asks for {shapes.get(key)}"
+                )
             if key.endswith(".w"):
                 # Same [n_in, n_out] array, stored column by column: generating one token multiplies a
                 # vector by each matrix, and BLAS streams that product faster along contiguous columns.
                 array = np.asfortranarray(array)
             np.save(os.path.join(tmp_dir, f"{key}.npy"), array)
-        manifest = {
-            "source": file_stamps(model_dir, CHECKPOINT_FILES),
-            "tensors": file_stamps(tmp_dir, [f"{key}.npy" for key in shapes]),
-        }
+        tensor_files = [f"{key}.npy" for key in shapes]
+        missing = [name for name in tensor_files if not os.path.exists(os.path.join(tmp_dir, name))]
+        if missing:
+            raise ValueError(
+                f"the checkpoint in {model_dir} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+            )
+        manifest = {"source": file_stamps(model_dir, CHECKPOINT_FILES), "tensors": file_stamps(tmp_dir, tensor_files)}
         with open(os.path.join(tmp_dir, MANIFEST), "w") as f:
             json.dump(manifest, f)
         converted_dir = os.path.join(model_dir, CONVERTED_DIR)
@@ -193,8 +206,10 @@ def load_converted(model_dir, hparams):
             return None
         if manifest["tensors"] != file_stamps(converted_dir, [f"{key}.npy" for key in shapes]):
             return None
+        # np.asarray drops the np.memmap subclass, whose bookkeeping slows every operation, not the mapping.
         flat = {
-            key: np.load(os.path.join(converted_dir, f"{key}.npy"), mmap_mode="r", allow_pickle=False) for key in shapes
+            key: np.asarray(np.load(os.path.join(converted_dir, f"{key}.npy"), mmap_mode="r", allow_pickle=False))
+            for key in shapes
         }
     except (OSError, ValueError, KeyError, TypeError):
         return None

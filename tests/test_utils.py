@@ -155,3 +155,11 @@ def test_files_made_get_the_usual_permissions(file_server, tmp_path, monkeypatch
     os.umask(umask)
     assert os.stat(tmp_path / "124M" / "hparams.json").st_mode & 0o777 == 0o666 & ~umask
     assert os.stat(tmp_path / "124M" / "npy").st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_damaged_checkpoint_is_named(models_copy):
+    data = models_copy / "124M" / "model.ckpt.data-00000-of-00001"
+    os.truncate(data, os.path.getsize(data) // 2)
+    for _ in range(2):  # the copy made from the intact checkpoint is not taken for a copy of this one
+        with pytest.raises(OSError, match=r"cannot read the checkpoint .*model\.ckpt"):
+            utils.load_encoder_hparams_and_params("124M", str(models_copy))
