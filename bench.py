@@ -232,7 +232,7 @@ def hf_generate_time(model, ids, n_tokens):
         return time.perf_counter() - start
 
 
-def bench_generation(models_dir, rounds=5, n_prompt=16, n_new=128, n_prefill=512):
+def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512):
     """Decode and prefill speed of gpt2.py, HuggingFace and the memory-bandwidth bound. Each round
     measures all of them one after the other, so that a slow spell of the machine hits all alike;
     the ratios are taken within a round, and the medians over rounds are printed."""
