@@ -9,6 +9,7 @@ Encoding happens in three steps:
 Decoding joins the symbols and turns the stand-in characters back into bytes.
 """
 
+import codecs
 import json
 import os
 
@@ -101,11 +102,28 @@ class Encoder:
             ids.extend(self.encode_word(word))
         return ids
 
+    def decode_bytes(self, ids):
+        """List of token ids -> the UTF-8 bytes they stand for."""
+        symbols = "".join(self.decoder[i] for i in ids)
+        return symbols.translate(self.byte_decoder).encode("latin-1")
+
     def decode(self, ids):
         """List of token ids -> text. Bytes that are not valid UTF-8 on their own (part of a character
         split across tokens) become U+FFFD."""
-        symbols = "".join(self.decoder[i] for i in ids)
-        return symbols.translate(self.byte_decoder).encode("latin-1").decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_stream(self, ids):
+        """Yield the text of an iterable of token ids piece by piece, as they come. A character whose
+        bytes are spread over several tokens (many emoji and CJK characters are) is held back until
+        complete, so the pieces add up to exactly decode(ids)."""
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for token_id in ids:
+            piece = utf8.decode(self.decode_bytes([token_id]))
+            if piece:
+                yield piece
+        rest = utf8.decode(b"", final=True)
+        if rest:
+            yield rest
 
 
 def get_encoder(model_name, models_dir):

@@ -8,6 +8,7 @@ Every array is float32; constants are Python floats, because a NumPy float64 sca
 np.sqrt(2 / np.pi) would silently turn float32 arrays into slower float64 ones.
 """
 
+import json
 import math
 import sys
 
@@ -114,54 +115,199 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache):  # [n_new] ->
     return layer_norm(x[-1], **ln_f) @ wte.T, (buffers, n_past + len(inputs))  # [n_embd] -> [n_vocab]
 
 
-def check_n_tokens_to_generate(n_tokens_to_generate):
-    n = n_tokens_to_generate
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n_tokens_to_generate must be a whole number of at least 1, not {n_tokens_to_generate!r}")
+# Choosing the next token. Greedy decoding (temperature 0) always takes the most likely token and
+# tends to repeat itself; sampling draws from the model's distribution, reshaped by three knobs that
+# work as in HuggingFace transformers, applied in this order:
+#   temperature: divides the logits; below 1 sharpens the distribution, above 1 flattens it;
+#   top_k: keeps the k most likely tokens (0 keeps all);
+#   top_p: keeps the most likely tokens whose probabilities add up to at least p (nucleus sampling).
 
 
-def generate(inputs, params, n_head, n_tokens_to_generate):
-    """Greedy decoding: append the most likely next token, n_tokens_to_generate times.
-    Returns the list of new ids; the caller's list is left as it was."""
-    check_n_tokens_to_generate(n_tokens_to_generate)
+def top_k_filter(logits, top_k):  # [n_vocab] -> [n_vocab], -inf outside the top k
+    kth_largest = np.partition(logits, -top_k)[-top_k]
+    return np.where(logits < kth_largest, -np.inf, logits)  # ties with the k-th are kept
+
+
+def top_p_filter(logits, top_p):  # [n_vocab] -> [n_vocab], -inf outside the nucleus
+    ascending = np.argsort(logits)  # least likely first
+    cumulative = np.cumsum(softmax(logits[ascending]))  # probability of this token and all less likely ones
+    drop = cumulative <= 1.0 - top_p  # the unlikely tail whose total stays within 1 - top_p
+    drop[-1] = False  # the most likely token always stays
+    filtered = logits.copy()
+    filtered[ascending[drop]] = -np.inf
+    return filtered
+
+
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):  # [n_vocab] -> [n_vocab]
+    logits = logits / temperature
+    if top_k:
+        logits = top_k_filter(logits, top_k)
+    if top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return logits
+
+
+def sample(logits, rng):  # [n_vocab] (filtered) -> token id
+    cumulative = np.cumsum(softmax(logits), dtype=np.float64)  # filtered tokens add 0: exp(-inf) = 0
+    return int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+
+
+def check_whole_number(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        limits = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"{name} must be a whole number {limits}, not {value!r}")
+
+
+def check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed):
+    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
     if len(inputs) == 0:
         raise ValueError(
-            f"inputs must hold at least one token (an empty prompt starts from {END_OF_TEXT}, <|endoftext|>)"
+            f"inputs must hold at least one token (an empty prompt starts from <|endoftext|>, {END_OF_TEXT})"
         )
-    n_ctx = len(params["wpe"])
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(
             f"the prompt has {len(inputs)} tokens and {n_tokens_to_generate} more were asked for: "
             f"{len(inputs) + n_tokens_to_generate} is more than the model's context of {n_ctx} tokens"
         )
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number of at least 0 (0 means greedy), not {temperature!r}")
+    check_whole_number("top_k", top_k, 0, n_vocab)
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number above 0 and at most 1, not {top_p!r}")
+    if seed is not None:
+        check_whole_number("seed", seed, 0)
+
+
+def generate_stream(
+    inputs,
+    params,
+    n_head,
+    n_tokens_to_generate,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    stop_at_end_of_text=True,
+):
+    """Yield (token id, logits) for each new token as soon as it is chosen; logits [n_vocab] are the
+    model's scores that it was chosen from, before temperature and filtering.
+    Stops after n_tokens_to_generate tokens, or before <|endoftext|> if stop_at_end_of_text.
+    temperature 0 is greedy; otherwise a seed makes the draws repeatable (same seed, same ids)."""
+    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
+    check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    rng = np.random.default_rng(seed)
     kv_cache = new_kv_cache(params, n_head)
     logits, kv_cache = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=kv_cache)  # the prompt at once
-    ids = []
-    while True:
-        ids.append(int(np.argmax(logits)))  # the most likely next token
-        if len(ids) == n_tokens_to_generate:
-            return ids
-        logits, kv_cache = gpt2_cached(ids[-1:], **params, n_head=n_head, kv_cache=kv_cache)  # one token in
+    for step in range(n_tokens_to_generate):
+        if temperature == 0:
+            token_id = int(np.argmax(logits))  # the most likely next token
+        else:
+            token_id = sample(filter_logits(logits, temperature, top_k, top_p), rng)
+        if token_id == END_OF_TEXT and stop_at_end_of_text:
+            return
+        yield token_id, logits
+        if step < n_tokens_to_generate - 1:
+            logits, kv_cache = gpt2_cached([token_id], **params, n_head=n_head, kv_cache=kv_cache)  # one token in
 
 
-def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"):
-    """Continue PROMPT with GPT-2, greedily, and print the new text.
+def generate(inputs, params, n_head, n_tokens_to_generate, **sampling):
+    """The list of new token ids (greedy unless sampling options are given, see generate_stream);
+    the caller's list is left as it was."""
+    return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **sampling)]
+
+
+def describe_choice(encoder, logits, token_id, n_candidates):
+    """One line for learners: the chosen token and the model's most likely candidates with their
+    probabilities (softmax of the model's logits: its own belief, before temperature and filtering)."""
+    probs = softmax(logits.astype(np.float64))
+    top = np.argsort(probs)[::-1][:n_candidates]
+    chosen = f"{token_repr(encoder, token_id):>16} {probs[token_id]:6.1%} {bar(probs[token_id], 10)}"
+    candidates = "  ".join(f"{token_repr(encoder, int(i))} {probs[i]:.1%}" for i in top)
+    return f"{chosen}  │ {candidates}"
+
+
+def token_repr(encoder, token_id):
+    """A token as quoted text, with its spaces and newlines visible: " the" or "\n"."""
+    return json.dumps(encoder.decode([token_id]), ensure_ascii=False)
+
+
+def bar(fraction, width):
+    eighths = round(fraction * width * 8)
+    return ("█" * (eighths // 8) + " ▏▎▍▌▋▊▉"[eighths % 8]).rstrip().ljust(width)
+
+
+def read_stdin():
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"standard input is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+    return text.removesuffix("\n").removesuffix("\r")  # `echo text |` adds a newline that is not part of the prompt
+
+
+def main(
+    prompt,
+    n_tokens_to_generate=40,
+    model_size="124M",
+    models_dir="models",
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    stop_at_end_of_text=True,
+    show_probs=0,
+):
+    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
 
     Args:
-        prompt: the text to continue; an empty prompt starts from <|endoftext|>, a fresh document.
-        n_tokens_to_generate: how many tokens (word pieces, about 3/4 of a word each) to add.
-        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M.
-        models_dir: where the models live; a missing model is downloaded there first.
+        prompt: the text to continue. "-" reads it from standard input (a pipe or a file: - < notes.txt).
+            An empty prompt "" starts a fresh document, from <|endoftext|>.
+        n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
+            100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
+        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower).
+        models_dir: the folder for the models; a missing model is downloaded there first.
+        temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
+            same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
+            words, 1 samples the model as it is, above 1 gets more surprising.
+        top_k: when sampling, draw only from the k most likely tokens (40 is a common choice); 0 means no limit.
+        top_p: when sampling, draw only from the most likely tokens that together have probability
+            top_p (nucleus sampling; 0.9 is common); 1 means no limit.
+        seed: a whole number that makes sampling repeatable: the same seed gives the same text.
+            Without it, every run differs.
+        stop_at_end_of_text: stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text
+            goes on past it.
+        show_probs: for learners: after each new token, show it and the model's N most likely candidates
+            with their probabilities, then the whole text.
     """
     from utils import load_encoder_hparams_and_params
 
     if not isinstance(prompt, str):
         raise ValueError(f"the prompt must be text, not {prompt!r} (on the command line, give it first)")
-    check_n_tokens_to_generate(n_tokens_to_generate)
+    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
+    check_whole_number("show_probs", show_probs, 0)
+    if prompt == "-":
+        prompt = read_stdin()
     encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
     input_ids = encoder.encode(prompt) or [END_OF_TEXT]
-    output_ids = generate(input_ids, params, hparams["n_head"], n_tokens_to_generate)
-    return encoder.decode(output_ids)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    tokens = generate_stream(
+        input_ids, params, hparams["n_head"], n_tokens_to_generate, **sampling, stop_at_end_of_text=stop_at_end_of_text
+    )
+    if show_probs:
+        print(f"{'next token':>16} {'prob':>6} {'':10}  │ the model's {show_probs} most likely next tokens", flush=True)
+        ids = []
+        for token_id, logits in tokens:
+            print(describe_choice(encoder, logits, token_id, show_probs), flush=True)
+            ids.append(token_id)
+        text = encoder.decode(ids)
+        print(f"\n{text}")
+        return text
+    pieces = []
+    for piece in encoder.decode_stream(token_id for token_id, _ in tokens):
+        print(piece, end="", flush=True)  # a character split over several tokens comes out once complete
+        pieces.append(piece)
+    print()
+    return "".join(pieces)
 
 
 def cli():
@@ -170,10 +316,10 @@ def cli():
     # fire reads every argument as a Python literal: "Hello, world" would arrive as a tuple and "42" as
     # a number. Handed over as a quoted literal, the prompt arrives exactly as typed.
     args = sys.argv[1:]
-    if args and not args[0].startswith("-"):
+    if args and (args[0] == "-" or not args[0].startswith("-")):
         args[0] = repr(args[0])
     try:
-        fire.Fire(main, command=args)
+        fire.Fire(main, command=args, serialize=lambda text: None)  # main has printed the text already
     except (ValueError, OSError, ImportError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -15,6 +15,21 @@ GOLDEN_PATH = os.path.join(TESTS_DIR, "golden", "hf_small.npz")
 PROMPT = "Alan Turing theorized that computers would one day become"
 PROMPT_IDS = [36235, 39141, 18765, 1143, 326, 9061, 561, 530, 1110, 1716]  # OpenAI's tokenizer, published
 GREEDY_TOKENS = 40
+WARPERS_PATH = os.path.join(TESTS_DIR, "golden", "hf_warpers.npz")
+# (temperature, top_k, top_p) as HuggingFace's generate takes them
+SAMPLING_SETTINGS = [
+    (1.0, 0, 1.0),
+    (0.7, 0, 1.0),
+    (1.5, 0, 1.0),
+    (1.0, 10, 1.0),
+    (1.0, 1, 1.0),
+    (1.0, 0, 0.9),
+    (1.0, 0, 0.5),
+    (1.0, 0, 0.01),
+    (0.8, 50, 0.95),
+    (1.3, 5, 0.6),
+    (0.5, 200, 0.3),
+]
 
 
 @pytest.fixture(scope="session")

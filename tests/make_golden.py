@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import GOLDEN_PATH, GREEDY_TOKENS, PROMPT_IDS, SEED, SMALL_HPARAMS
+from conftest import GOLDEN_PATH, GREEDY_TOKENS, PROMPT_IDS, SAMPLING_SETTINGS, SEED, SMALL_HPARAMS, WARPERS_PATH
 from hf_reference import hf_greedy, hf_logits, hf_model
 from random_model import random_openai_variables
 
@@ -34,6 +34,30 @@ def main():
         greedy_ids=np.array(greedy_ids),
     )
     print(f"wrote {GOLDEN_PATH}; smallest greedy margin {margin:.4f}")
+    logits = sampling_logits()
+    np.savez_compressed(
+        WARPERS_PATH, logits=logits, **{f"filtered_{i}": hf_filter(logits, *s) for i, s in enumerate(SAMPLING_SETTINGS)}
+    )
+    print(f"wrote {WARPERS_PATH}")
+
+
+def sampling_logits():
+    """Rows of logits to filter: a wide one like GPT-2's and narrow ones for the sampling statistics."""
+    rng = np.random.RandomState(SEED + 3)
+    return (rng.standard_normal((4, 1000)) * np.array([[1.0], [3.0], [0.3], [8.0]])).astype(np.float32)
+
+
+def hf_filter(logits, temperature, top_k, top_p):
+    """HuggingFace's TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, in generate's order."""
+    import torch
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(temperature)(None, torch.from_numpy(logits))
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores.numpy()
 
 
 if __name__ == "__main__":

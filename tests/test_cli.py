@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import PROMPT, REPO_DIR, SMALL_HPARAMS
 from test_utils import closed_port_url
@@ -80,3 +81,139 @@ def test_no_network(tmp_path):
     result = run_cli(PROMPT, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": base})
     assert_clean_error(result, "checkpoint", f"{base}/124M/checkpoint")
     assert os.listdir(tmp_path / "124M") == []  # no empty or partial file under any name
+
+
+def test_main_streams_and_flushes_each_piece(models_copy, monkeypatch, golden, tiktoken_gpt2):
+    import io
+
+    import gpt2
+
+    class RecordingStdout(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.flushed = []
+
+        def flush(self):
+            self.flushed.append(self.getvalue())
+
+    out = RecordingStdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    text = gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=str(models_copy))
+    assert text == tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist())
+    assert out.getvalue() == text + "\n"
+    assert len(out.flushed) >= 8  # visible piece by piece, not all at the end
+    assert [t for t in out.flushed if t] == sorted(t for t in out.flushed if t)  # each flush extends the last
+
+
+def test_prompt_from_stdin(models_copy):
+    expected = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy)).stdout
+    for stdin in (PROMPT + "\n", PROMPT):  # as `echo` sends it, and without the newline
+        result = subprocess.run(
+            [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "-n", "5", "--models_dir", str(models_copy)],
+            input=stdin.encode(),
+            capture_output=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode() == expected
+
+
+def test_non_utf8_stdin(models_copy):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "--models_dir", str(models_copy)],
+        input=b"caf\xe9 au lait",
+        capture_output=True,
+        timeout=300,
+    )
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    assert_clean_error(result, "not UTF-8", "0xe9")
+
+
+def test_empty_prompt_starts_from_end_of_text(models_copy, encoder, small_params):
+    import gpt2
+
+    result = run_cli("", "-n", "4", "--models_dir", str(models_copy))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout
+        == encoder.decode(gpt2.generate([gpt2.END_OF_TEXT], small_params, SMALL_HPARAMS["n_head"], 4)) + "\n"
+    )
+
+
+def test_sampling_flags_are_repeatable_with_a_seed(models_copy):
+    args = (
+        PROMPT,
+        "-n",
+        "10",
+        "--models_dir",
+        str(models_copy),
+        "--temperature",
+        "1.0",
+        "--top_k",
+        "40",
+        "--top_p",
+        "0.9",
+    )
+    first, again, other = run_cli(*args, "--seed", "3"), run_cli(*args, "--seed", "3"), run_cli(*args, "--seed", "4")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == again.stdout != other.stdout
+
+
+def test_end_of_text_flag_is_accepted(models_copy):
+    default = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy))
+    result = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy), "--nostop_at_end_of_text")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == default.stdout  # this model does not end the text within 5 tokens
+
+
+def test_show_probs(models_copy, golden, tiktoken_gpt2):
+    result = run_cli(PROMPT, "-n", "3", "--models_dir", str(models_copy), "--show_probs", "4")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    greedy = golden["greedy_ids"][:3].tolist()
+    # the first step's probabilities, from HuggingFace's logits
+    logits = golden["prompt_logits_last"].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    first_token = tiktoken_gpt2.decode([greedy[0]])
+    assert lines[1].split("│")[0].strip().startswith(f'"{first_token}"')
+    assert f"{probs[greedy[0]]:.1%}" in lines[1]
+    top4 = np.argsort(probs)[::-1][:4]
+    candidates = lines[1].split("│")[1]
+    assert all(f"{probs[i]:.1%}" in candidates for i in top4)
+    assert lines[-1] == tiktoken_gpt2.decode(greedy)
+
+
+def test_help_explains_every_flag():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in (
+        "n_tokens_to_generate",
+        "model_size",
+        "models_dir",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "stop_at_end_of_text",
+        "show_probs",
+    ):
+        assert f"--{flag}" in result.stdout + result.stderr
+    assert "standard input" in result.stdout + result.stderr and "repeatable" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value, fragment",
+    [
+        ("--temperature", "-1", "temperature"),
+        ("--top_k", "-1", "top_k"),
+        ("--top_k", "50258", "top_k"),
+        ("--top_p", "0", "top_p"),
+        ("--top_p", "1.5", "top_p"),
+        ("--seed", "1.5", "seed"),
+        ("--seed", "abc", "seed"),
+        ("--show_probs", "-1", "show_probs"),
+    ],
+)
+def test_bad_sampling_flags(models_copy, flag, value, fragment):
+    assert_clean_error(run_cli(PROMPT, flag, value, "--models_dir", str(models_copy)), fragment, value)
