@@ -2,14 +2,18 @@
 
 The first load of a model downloads its seven files into models_dir/model_size and converts the
 checkpoint with TensorFlow into one .npy file per tensor, in models_dir/model_size/npy. Every later
-load memory-maps those .npy files: no TensorFlow, no copy, a few milliseconds.
+load checks the files cheaply and memory-maps those .npy files: no TensorFlow, no copy, a few
+milliseconds. A missing or damaged file is downloaded again; a file that stays wrong is named in
+the error, with what to do.
 """
 
+import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -25,8 +29,16 @@ FILES = (
     "model.ckpt.meta",
     "vocab.bpe",
 )
-DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
-CHECKPOINT_FILES = ("model.ckpt.data-00000-of-00001", "model.ckpt.index")  # what the .npy copy is made from
+DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"  # GPT2_BASE_URL overrides it
+CHECKPOINT_DATA = "model.ckpt.data-00000-of-00001"
+CHECKPOINT_FILES = (CHECKPOINT_DATA, "model.ckpt.index")  # what the .npy copy is made from
+TOKENIZER_SHA256 = {  # the same two files serve every model size
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds: to connect, and between two pieces of a response
+ATTEMPTS = 4  # tries of one file: failed connections, 5xx answers, and transfers that break off midway
+BACKOFF = 1.0  # seconds before the second try, doubled before each later one
 CONVERTED_DIR = "npy"
 MANIFEST = "manifest.json"
 
@@ -43,38 +55,98 @@ def give_usual_permissions(path):
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
-def download_file(url, path):
-    """Download url to path, showing a progress bar on stderr. The bytes go to a temporary file in the
-    same folder, renamed to path only once complete, so a failed download never leaves a file that
-    looks finished."""
+class CheckpointError(OSError):
+    """TensorFlow could not read the checkpoint files."""
+
+
+def http_session():
+    """A requests session whose connection attempts and 5xx answers are retried with back-off by
+    urllib3's Retry (a transfer that breaks off midway is resumed by download_file)."""
     import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=ATTEMPTS - 1, backoff_factor=BACKOFF, status_forcelist=(500, 502, 503, 504))
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def fetch(session, url, part_path):
+    """Append the rest of url to part_path: ask for the bytes it lacks (an HTTP Range request), or
+    start over where the server sends the whole file. Raises if fewer bytes came than announced."""
     from tqdm import tqdm
 
+    have = os.path.getsize(part_path) if os.path.exists(part_path) else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), headers=headers) as response:
+        if response.status_code == 416:  # asked past the end: the partial file is not what the server has
+            os.remove(part_path)
+            return fetch(session, url, part_path)
+        response.raise_for_status()
+        if response.status_code != 206:  # the server ignored the Range header: start over
+            have = 0
+        length = response.headers.get("content-length")
+        total = have + int(length) if length is not None else None
+        with (
+            open(part_path, "ab" if have else "wb") as f,
+            tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=os.path.basename(url), file=sys.stderr
+            ) as bar,
+        ):
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    size = os.path.getsize(part_path)
+    if total is not None and size != total:
+        raise IncompleteDownload(f"got {size} of {total} bytes")
+
+
+class IncompleteDownload(OSError):
+    pass
+
+
+def download_file(session, url, path):
+    """Download url to path. The bytes go to path's .part file beside it, renamed to path only once
+    complete and checked, so a failed or interrupted download never leaves a file that looks finished;
+    the next try, or the next run, resumes the .part file."""
+    import requests
+
     name = os.path.basename(path)
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f, requests.get(url, stream=True, timeout=(10, 60)) as response:
-            response.raise_for_status()
-            total = int(response.headers.get("content-length", 0)) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr) as bar:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        give_usual_permissions(tmp_path)
-        os.replace(tmp_path, path)
-    except requests.RequestException as e:
-        raise OSError(f"could not download {name} from {url}: {type(e).__name__}: {e}") from None
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    part_path = os.path.join(os.path.dirname(path), f".{name}.part")
+    for attempt in range(1, ATTEMPTS + 1):
+        had = os.path.getsize(part_path) if os.path.exists(part_path) else 0
+        try:
+            fetch(session, url, part_path)
+            break
+        except (requests.HTTPError, requests.exceptions.RetryError) as e:  # an answer no retry will change
+            raise OSError(f"could not download {name} from {url}: {e}") from None
+        except (requests.RequestException, IncompleteDownload) as e:
+            progressed = os.path.exists(part_path) and os.path.getsize(part_path) > had
+            if not progressed or attempt == ATTEMPTS:  # (connection failures were retried by urllib3 already)
+                raise OSError(f"could not download {name} from {url}: {type(e).__name__}: {e}") from None
+            time.sleep(BACKOFF * 2 ** (attempt - 1))  # it broke off midway: resume after a pause
+    expected_sha256 = TOKENIZER_SHA256.get(name)
+    if expected_sha256 and sha256_of(part_path) != expected_sha256:
+        os.remove(part_path)
+        raise OSError(f"{url} is not OpenAI's {name} (its sha256 differs); check GPT2_BASE_URL")
+    give_usual_permissions(part_path)
+    os.replace(part_path, path)
 
 
 def download_gpt2_files(model_size, model_dir, files=FILES):
     check_model_size(model_size)
     base_url = os.environ.get("GPT2_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
     os.makedirs(model_dir, exist_ok=True)
-    for name in files:
-        download_file(f"{base_url}/{model_size}/{name}", os.path.join(model_dir, name))
+    with http_session() as session:
+        for name in files:
+            download_file(session, f"{base_url}/{model_size}/{name}", os.path.join(model_dir, name))
+
+
+def sha256_of(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def import_tensorflow():
@@ -157,9 +229,7 @@ def read_checkpoint(ckpt_path):
                 array = array[0]
             yield tensor_key(name), array
     except (tf.errors.OpError, IndexError) as e:  # a truncated data file gives IndexError
-        raise OSError(
-            f"cannot read the checkpoint {ckpt_path} ({type(e).__name__}); delete its files to download them anew"
-        ) from None
+        raise CheckpointError(f"TensorFlow cannot read the checkpoint {ckpt_path} ({type(e).__name__})") from None
 
 
 def convert_checkpoint(model_dir, hparams):
@@ -225,22 +295,57 @@ def load_hparams(model_dir):
             hparams = json.load(f)
         return {key: int(hparams[key]) for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")}
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"{path} is damaged ({type(e).__name__}: {e}); delete it and run again to download it anew"
-        ) from None
+        raise ValueError(f"hparams.json is not valid ({type(e).__name__}: {e})") from None
 
 
-def load_encoder_hparams_and_params(model_size, models_dir):
-    """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
-    check_model_size(model_size)
-    model_dir = os.path.join(models_dir, model_size)
-    missing = [name for name in FILES if not os.path.isfile(os.path.join(model_dir, name))]
-    if missing:
-        download_gpt2_files(model_size, model_dir, missing)
-    encoder = get_encoder(model_size, models_dir)
-    hparams = load_hparams(model_dir)
-    params = load_converted(model_dir, hparams)
-    if params is None:
+def damaged_files(model_dir):
+    """{name: what is wrong} for OpenAI's seven files in model_dir, from checks that cost milliseconds:
+    each file is there, the tokenizer files have OpenAI's sha256, hparams.json is valid, and the
+    checkpoint data has the size that hparams.json implies (4 bytes per parameter)."""
+    problems = {name: "missing" for name in FILES if not os.path.isfile(os.path.join(model_dir, name))}
+    for name, sha256 in TOKENIZER_SHA256.items():
+        if name not in problems and sha256_of(os.path.join(model_dir, name)) != sha256:
+            problems[name] = "not OpenAI's file (its sha256 differs)"
+    if "hparams.json" not in problems:
+        try:
+            hparams = load_hparams(model_dir)
+        except ValueError as e:
+            problems["hparams.json"] = str(e)
+        else:
+            size = (
+                os.path.getsize(os.path.join(model_dir, CHECKPOINT_DATA)) if CHECKPOINT_DATA not in problems else None
+            )
+            expected = 4 * sum(int(np.prod(shape)) for shape in expected_shapes(hparams).values())
+            if size is not None and size != expected:
+                problems[CHECKPOINT_DATA] = f"{size} bytes where hparams.json implies {expected}"
+    return problems
+
+
+def repair(model_size, model_dir):
+    """Download what is missing or damaged, then convert the checkpoint if there is no valid copy.
+    Runs under a lock file, so that two processes loading the same model end with one correct copy:
+    the second waits, then finds the work done."""
+    from filelock import FileLock
+
+    os.makedirs(model_dir, exist_ok=True)
+    with FileLock(os.path.join(model_dir, ".lock")):
+        fetched = set()
+        while problems := damaged_files(model_dir):
+            again = fetched & set(problems)
+            if again:  # downloaded afresh and still wrong: the source is at fault
+                name = sorted(again)[0]
+                raise OSError(
+                    f"{model_dir}/{name} is {problems[name]} even after downloading it again; "
+                    "check GPT2_BASE_URL or the network, delete the file and run again"
+                )
+            for name, reason in problems.items():
+                if reason != "missing":  # a first download shows only its progress bars
+                    print(f"{model_dir}/{name}: {reason}; downloading it again", file=sys.stderr)
+            download_gpt2_files(model_size, model_dir, sorted(problems))
+            fetched |= set(problems)
+        hparams = load_hparams(model_dir)
+        if load_converted(model_dir, hparams) is not None:
+            return
         if os.path.isdir(os.path.join(model_dir, CONVERTED_DIR)):
             print(
                 f"The converted copy in {model_dir}/{CONVERTED_DIR} is out of date or damaged: rebuilding it.",
@@ -248,8 +353,26 @@ def load_encoder_hparams_and_params(model_size, models_dir):
             )
         else:
             print(f"Converting the checkpoint in {model_dir} to NumPy arrays (only once).", file=sys.stderr)
-        convert_checkpoint(model_dir, hparams)
-        params = load_converted(model_dir, hparams)
+        try:
+            convert_checkpoint(model_dir, hparams)
+        except CheckpointError as e:
+            if fetched >= set(CHECKPOINT_FILES):
+                raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
+            print(f"{e}: downloading the checkpoint again", file=sys.stderr)
+            download_gpt2_files(model_size, model_dir, ["model.ckpt.index", "model.ckpt.meta", CHECKPOINT_DATA])
+            try:
+                convert_checkpoint(model_dir, hparams)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
+
+
+def load_encoder_hparams_and_params(model_size, models_dir):
+    """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
+    check_model_size(model_size)  # before any path is built from it
+    model_dir = os.path.join(models_dir, model_size)
+    if damaged_files(model_dir) or (params := load_converted(model_dir, load_hparams(model_dir))) is None:
+        repair(model_size, model_dir)
+        params = load_converted(model_dir, load_hparams(model_dir))
         if params is None:
             raise OSError(f"could not read back the converted copy in {model_dir}/{CONVERTED_DIR}")
-    return encoder, hparams, params
+    return get_encoder(model_size, models_dir), load_hparams(model_dir), params
