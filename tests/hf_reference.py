@@ -56,3 +56,22 @@ def hf_greedy(model, ids, n_tokens):
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
         )
     return out[0, len(ids) :].tolist()
+
+
+def hf_guide_windows(model, ids, n_ctx, stride):
+    """The sliding-window loop of HuggingFace's perplexity guide: each window's loss from
+    GPT2LMHeadModel(input_ids, labels=...), and the number of tokens that loss is the mean of."""
+    losses, counts, previous_end = [], [], 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + n_ctx, len(ids))
+        target_length = end - previous_end
+        input_ids = torch.tensor([ids[begin:end]])
+        target_ids = input_ids.clone()
+        target_ids[:, :-target_length] = -100
+        with torch.no_grad():
+            losses.append(float(model(input_ids, labels=target_ids).loss))
+        counts.append(int((target_ids[:, 1:] != -100).sum()))  # the model shifts labels left by one
+        previous_end = end
+        if end == len(ids):
+            break
+    return losses, counts

@@ -10,8 +10,18 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import GOLDEN_PATH, GREEDY_TOKENS, PROMPT_IDS, SAMPLING_SETTINGS, SEED, SMALL_HPARAMS, WARPERS_PATH
-from hf_reference import hf_greedy, hf_logits, hf_model
+from conftest import (
+    GOLDEN_PATH,
+    GREEDY_TOKENS,
+    PROMPT_IDS,
+    SAMPLING_SETTINGS,
+    SCORE_PATH,
+    SCORE_STRIDES,
+    SEED,
+    SMALL_HPARAMS,
+    WARPERS_PATH,
+)
+from hf_reference import hf_greedy, hf_guide_windows, hf_logits, hf_model
 from random_model import random_openai_variables
 
 
@@ -39,6 +49,18 @@ def main():
         WARPERS_PATH, logits=logits, **{f"filtered_{i}": hf_filter(logits, *s) for i, s in enumerate(SAMPLING_SETTINGS)}
     )
     print(f"wrote {WARPERS_PATH}")
+    ids = score_ids()
+    windows = {}
+    for stride in SCORE_STRIDES:
+        losses, counts = hf_guide_windows(model, ids.tolist(), SMALL_HPARAMS["n_ctx"], stride)
+        windows[f"losses_{stride}"], windows[f"counts_{stride}"] = np.array(losses), np.array(counts)
+    np.savez_compressed(SCORE_PATH, ids=ids, **windows)
+    print(f"wrote {SCORE_PATH}")
+
+
+def score_ids():
+    """A token sequence several times longer than the small model's context."""
+    return np.random.RandomState(SEED + 4).randint(0, SMALL_HPARAMS["n_vocab"], 5 * SMALL_HPARAMS["n_ctx"] - 9)
 
 
 def sampling_logits():
