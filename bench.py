@@ -160,7 +160,7 @@ def bench_score(models_dir, n_tokens=4096, repeat=3):
     ids = np.random.RandomState(2).randint(0, hparams["n_vocab"], n_tokens).tolist()
     print(f"scoring a {n_tokens}-token text, 124M shape, median of {repeat}:")
     for stride in (1024, 512):
-        seconds = median_time(lambda: gpt2.score(ids, params, hparams["n_head"], stride), repeat)
+        seconds = median_time(lambda stride=stride: gpt2.score(ids, params, hparams["n_head"], stride), repeat)
         print(f"  stride {stride}: {seconds:.2f} s, {n_tokens / seconds:.0f} tokens/s")
 
 
