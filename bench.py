@@ -56,18 +56,12 @@ def distinct_files_text(paths, limit):
 def bench_encoder(limit=2_000_000):
     """MB/s of encoder.py and tiktoken on English prose (licences and copyright files) and on code
     (Python's standard library), each text seen once: a fresh encoder has an empty word cache."""
-    import tiktoken
-    from random_model import tokenizer_dir
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
+    from random_model import tiktoken_gpt2, tokenizer_dir
 
     from encoder import get_encoder
 
     directory = tokenizer_dir()
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        os.path.join(directory, "vocab.bpe"), os.path.join(directory, "encoder.json")
-    )
-    reference = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={})
+    reference = tiktoken_gpt2()
     texts = {
         "prose": distinct_files_text(
             sorted(glob.glob("/usr/share/common-licenses/*") + glob.glob("/usr/share/doc/*/copyright")), limit

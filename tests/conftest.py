@@ -76,18 +76,10 @@ def encoder(tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
-def tiktoken_gpt2(tokenizer_dir):
-    """tiktoken's GPT-2 encoding built offline from the same two files."""
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
+def tiktoken_gpt2():
+    from random_model import tiktoken_gpt2
 
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        os.path.join(tokenizer_dir, "vocab.bpe"), os.path.join(tokenizer_dir, "encoder.json")
-    )
-    return tiktoken.Encoding(
-        name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
-    )
+    return tiktoken_gpt2()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,20 @@ def tokenizer_dir():
     return directory
 
 
+def tiktoken_gpt2():
+    """tiktoken's GPT-2 encoding, built offline from the same two files."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    directory = tokenizer_dir()
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        os.path.join(directory, "vocab.bpe"), os.path.join(directory, "encoder.json")
+    )
+    special_tokens = {"<|endoftext|>": 50256}
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens=special_tokens)
+
+
 def random_openai_variables(hparams, seed):
     """{OpenAI variable name: float32 array in OpenAI's stored shape} for a GPT-2 of these hparams.
     The scales are larger than GPT-2's init so that logits spread out and greedy choices are clear."""
