@@ -289,13 +289,9 @@ def load_converted(model_dir, hparams):
 
 
 def load_hparams(model_dir):
-    path = os.path.join(model_dir, "hparams.json")
-    try:
-        with open(path) as f:
-            hparams = json.load(f)
-        return {key: int(hparams[key]) for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"hparams.json is not valid ({type(e).__name__}: {e})") from None
+    with open(os.path.join(model_dir, "hparams.json")) as f:
+        hparams = json.load(f)
+    return {key: int(hparams[key]) for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")}
 
 
 def damaged_files(model_dir):
@@ -309,8 +305,8 @@ def damaged_files(model_dir):
     if "hparams.json" not in problems:
         try:
             hparams = load_hparams(model_dir)
-        except ValueError as e:
-            problems["hparams.json"] = str(e)
+        except (ValueError, KeyError, TypeError) as e:
+            problems["hparams.json"] = f"not valid ({type(e).__name__}: {e})"
         else:
             size = (
                 os.path.getsize(os.path.join(model_dir, CHECKPOINT_DATA)) if CHECKPOINT_DATA not in problems else None
@@ -370,9 +366,13 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
     check_model_size(model_size)  # before any path is built from it
     model_dir = os.path.join(models_dir, model_size)
-    if damaged_files(model_dir) or (params := load_converted(model_dir, load_hparams(model_dir))) is None:
+    if damaged_files(model_dir):
         repair(model_size, model_dir)
-        params = load_converted(model_dir, load_hparams(model_dir))
+    hparams = load_hparams(model_dir)
+    params = load_converted(model_dir, hparams)
+    if params is None:
+        repair(model_size, model_dir)  # converts the checkpoint
+        params = load_converted(model_dir, hparams)
         if params is None:
             raise OSError(f"could not read back the converted copy in {model_dir}/{CONVERTED_DIR}")
-    return get_encoder(model_size, models_dir), load_hparams(model_dir), params
+    return get_encoder(model_size, models_dir), hparams, params
