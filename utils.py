@@ -59,6 +59,10 @@ class CheckpointError(OSError):
     """TensorFlow could not read the checkpoint files."""
 
 
+class IncompleteDownload(OSError):
+    """The server sent fewer bytes than it announced."""
+
+
 def http_session():
     """A requests session whose connection attempts and 5xx answers are retried with back-off by
     urllib3's Retry (a transfer that breaks off midway is resumed by download_file)."""
@@ -101,10 +105,6 @@ def fetch(session, url, part_path):
     size = os.path.getsize(part_path)
     if total is not None and size != total:
         raise IncompleteDownload(f"got {size} of {total} bytes")
-
-
-class IncompleteDownload(OSError):
-    pass
 
 
 def download_file(session, url, path):
@@ -349,17 +349,14 @@ def repair(model_size, model_dir):
             )
         else:
             print(f"Converting the checkpoint in {model_dir} to NumPy arrays (only once).", file=sys.stderr)
-        try:
-            convert_checkpoint(model_dir, hparams)
-        except CheckpointError as e:
-            if fetched >= set(CHECKPOINT_FILES):
-                raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
-            print(f"{e}: downloading the checkpoint again", file=sys.stderr)
-            download_gpt2_files(model_size, model_dir, ["model.ckpt.index", "model.ckpt.meta", CHECKPOINT_DATA])
+        for attempt in (1, 2):
             try:
-                convert_checkpoint(model_dir, hparams)
+                return convert_checkpoint(model_dir, hparams)
             except CheckpointError as e:
-                raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
+                if attempt == 2 or fetched >= set(CHECKPOINT_FILES):
+                    raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
+                print(f"{e}: downloading the checkpoint again", file=sys.stderr)
+                download_gpt2_files(model_size, model_dir, ["model.ckpt.index", "model.ckpt.meta", CHECKPOINT_DATA])
 
 
 def load_encoder_hparams_and_params(model_size, models_dir):

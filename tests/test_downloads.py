@@ -160,6 +160,15 @@ def test_unreadable_checkpoint_index_is_downloaded_again(served, models_copy, sm
     assert "TensorFlow cannot read the checkpoint" in capsys.readouterr().err
 
 
+def test_checkpoint_unreadable_even_after_downloading_it_again(served, models_copy):
+    served.modes["model.ckpt.index"] = "garbage"
+    index = models_copy / "124M" / "model.ckpt.index"
+    index.write_bytes(b"\0" * os.path.getsize(index))
+    with pytest.raises(utils.CheckpointError, match="even as just downloaded; delete .*124M and run again"):
+        load(models_copy)
+    assert len(served.hits("model.ckpt.index")) == 1
+
+
 def test_damaged_file_and_no_network_says_which_and_how(models_copy, monkeypatch, fast_retries):
     base = closed_port_url()
     monkeypatch.setenv("GPT2_BASE_URL", base)
