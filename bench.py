@@ -96,12 +96,10 @@ def make_random_model(models_dir, hparams=HPARAMS_124M, seed=0):
     return model_dir
 
 
-def seconds_in_fresh_process(models_dir, code):
-    """Run `code` in a new Python; it prints seconds, measured from the top of the process."""
-    setup = "import time; start = time.perf_counter()\n"
-    result = subprocess.run(
-        [sys.executable, "-c", setup + code], cwd=REPO_DIR, capture_output=True, text=True, check=True
-    )
+def seconds_in_fresh_process(code):
+    """Run `code` in a new Python and return the seconds from the top of that process to the end of code."""
+    timed = f"import time; start = time.perf_counter()\n{code}\nprint(time.perf_counter() - start)"
+    result = subprocess.run([sys.executable, "-c", timed], cwd=REPO_DIR, capture_output=True, text=True, check=True)
     return float(result.stdout.split()[-1])
 
 
@@ -110,27 +108,16 @@ def bench_load(models_dir, repeat=5):
     import shutil
 
     model_dir = make_random_model(models_dir)
-    load = f"import utils\nutils.load_encoder_hparams_and_params('124M', {models_dir!r})\n"
+    load = f"import utils\nutils.load_encoder_hparams_and_params('124M', {models_dir!r})"
     first = []
     for _ in range(3):
         shutil.rmtree(os.path.join(model_dir, "npy"), ignore_errors=True)
-        first.append(seconds_in_fresh_process(models_dir, load + "print(time.perf_counter() - start)"))
+        first.append(seconds_in_fresh_process(load))
     only_the_call = load.replace("utils.load", "start = time.perf_counter(); utils.load")
-    cached_call = [
-        seconds_in_fresh_process(models_dir, only_the_call + "print(time.perf_counter() - start)")
-        for _ in range(repeat)
-    ]
-    cached = [seconds_in_fresh_process(models_dir, load + "print(time.perf_counter() - start)") for _ in range(repeat)]
-    cli = [
-        seconds_in_fresh_process(
-            models_dir,
-            "import subprocess, sys\n"
-            f"subprocess.run([sys.executable, 'gpt2.py', 'Hello', '--n_tokens_to_generate', '1', '--models_dir', {models_dir!r}], "
-            "check=True, capture_output=True)\n"
-            "print(time.perf_counter() - start)",
-        )
-        for _ in range(repeat)
-    ]
+    cached_call = [seconds_in_fresh_process(only_the_call) for _ in range(repeat)]
+    cached = [seconds_in_fresh_process(load) for _ in range(repeat)]
+    command = [sys.executable, "gpt2.py", "Hello", "--n_tokens_to_generate", "1", "--models_dir", models_dir]
+    cli = median_time(lambda: subprocess.run(command, cwd=REPO_DIR, check=True, capture_output=True), repeat)
     print(f"load of the 124M-shaped model, medians of {repeat} runs (first load: of 3):")
     print(f"  first load, TensorFlow converts the checkpoint (fresh process):  {statistics.median(first):.2f} s")
     print(
@@ -139,7 +126,7 @@ def bench_load(models_dir, repeat=5):
     print(
         f"                                   fresh process, imports included {statistics.median(cached) * 1e3:.0f} ms"
     )
-    print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1, start to end:   {statistics.median(cli):.2f} s")
+    print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1, start to end:   {cli:.2f} s")
 
 
 def bench_score(models_dir, n_tokens=4096, repeat=3):

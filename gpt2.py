@@ -17,7 +17,7 @@ import numpy as np
 END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documents
 
 
-def gelu(x):
+def gelu(x):  # elementwise: any shape -> the same shape
     # A smooth ReLU, in the tanh approximation GPT-2 was trained with:
     # 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
     # computed step by step in one buffer, because in a prompt x is [n_seq, 4*n_embd] and every
@@ -33,7 +33,7 @@ def gelu(x):
     return y
 
 
-def softmax(x):
+def softmax(x):  # [..., n] -> [..., n], each row sums to 1
     exp_x = x - np.max(x, axis=-1, keepdims=True)  # subtracting the max keeps exp from overflowing
     np.exp(exp_x, out=exp_x)  # in place: attention scores are [n_head, n_seq, n_seq], temporaries cost time
     exp_x /= np.sum(exp_x, axis=-1, keepdims=True)
@@ -256,8 +256,7 @@ def token_nlls(inputs, params, n_head, stride=None):  # [n_seq] -> [n_seq]
 def score(inputs, params, n_head, stride=None):
     """Mean negative log-likelihood, in nats per scored token, of a list of token ids; exp of it
     is the perplexity. stride: where windows start, n_ctx (no overlap) if None."""
-    nlls = token_nlls(inputs, params, n_head, stride)
-    return float(np.mean(nlls[~np.isnan(nlls)]))
+    return float(np.nanmean(token_nlls(inputs, params, n_head, stride)))
 
 
 def describe_choice(encoder, logits, token_id, n_candidates):
@@ -337,9 +336,9 @@ def print_score(encoder, params, n_head, input_ids, stride, show_probs):
                 prob = math.exp(-nll)
                 print(f"{token_repr(encoder, token_id):>16} {prob:6.1%} {bar(prob, 10)}  {nll / math.log(2):5.1f} bits")
         print()
-    mean_nll = float(np.mean(nlls[scored]))
-    stride = len(params["wpe"]) if stride is None else stride
-    print(f"{len(input_ids)} tokens, {int(scored.sum())} scored (windows of {len(params['wpe'])}, stride {stride})")
+    mean_nll = float(np.nanmean(nlls))  # as score() computes it
+    n_ctx = len(params["wpe"])
+    print(f"{len(input_ids)} tokens, {int(scored.sum())} scored (windows of {n_ctx}, stride {stride or n_ctx})")
     print(f"mean negative log-likelihood: {mean_nll:.4f} nats per token ({mean_nll / math.log(2):.4f} bits)")
     print(f"perplexity: {math.exp(mean_nll):.4f}")
     return math.exp(mean_nll)

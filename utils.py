@@ -48,11 +48,11 @@ def check_model_size(model_size):
         raise ValueError(f"unknown model size {model_size!r}: choose one of {', '.join(MODEL_SIZES)}")
 
 
-def give_usual_permissions(path):
-    """mkstemp and mkdtemp make private entries (0600, 0700); a finished one gets what open() would give."""
+def give_usual_permissions(directory):
+    """mkdtemp makes a private folder (0700); a finished one gets what os.mkdir would give."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+    os.chmod(directory, 0o777 & ~umask)
 
 
 class CheckpointError(OSError):
@@ -131,7 +131,6 @@ def download_file(session, url, path):
     if expected_sha256 and sha256_of(part_path) != expected_sha256:
         os.remove(part_path)
         raise OSError(f"{url} is not OpenAI's {name} (its sha256 differs); check GPT2_BASE_URL")
-    give_usual_permissions(part_path)
     os.replace(part_path, path)
 
 

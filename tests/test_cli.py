@@ -163,7 +163,7 @@ def test_end_of_text_flag_is_accepted(models_copy):
     default = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy))
     result = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy), "--nostop_at_end_of_text")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == default.stdout  # this model does not end the text within 5 tokens
+    assert result.stdout == default.stdout  # fire takes the flag; what it does: test_sampling's end-of-text tests
 
 
 def test_show_probs(models_copy, golden, tiktoken_gpt2):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import GREEDY_TOKENS, PROMPT_IDS, SAMPLING_SETTINGS, SMALL_HPARAMS, WARPERS_PATH
+from conftest import GREEDY_TOKENS, PROMPT, PROMPT_IDS, SAMPLING_SETTINGS, SMALL_HPARAMS, WARPERS_PATH
 
 import gpt2
 
@@ -91,6 +91,17 @@ def end_of_text_params(small_params):
 def test_stops_at_end_of_text(end_of_text_params):
     assert gpt2.generate(PROMPT_IDS, end_of_text_params, N_HEAD, 5) == []
     assert gpt2.generate(PROMPT_IDS, end_of_text_params, N_HEAD, 5, stop_at_end_of_text=False) == [gpt2.END_OF_TEXT] * 5
+
+
+def test_main_stops_at_end_of_text_and_prints_nothing_of_it(end_of_text_params, encoder, monkeypatch, capsys):
+    import utils
+
+    monkeypatch.setattr(
+        utils, "load_encoder_hparams_and_params", lambda *_: (encoder, SMALL_HPARAMS, end_of_text_params)
+    )
+    assert gpt2.main(PROMPT, n_tokens_to_generate=3) == ""
+    assert capsys.readouterr().out == "\n"
+    assert gpt2.main(PROMPT, n_tokens_to_generate=3, stop_at_end_of_text=False) == "<|endoftext|>" * 3
 
 
 @pytest.mark.parametrize(
