@@ -8,6 +8,7 @@ Every array is float32; constants are Python floats, because a NumPy float64 sca
 np.sqrt(2 / np.pi) would silently turn float32 arrays into slower float64 ones.
 """
 
+import functools
 import json
 import math
 import sys
@@ -34,16 +35,20 @@ def gelu(x):  # elementwise: any shape -> the same shape
 
 
 def softmax(x):  # [..., n] -> [..., n], each row sums to 1
-    exp_x = x - np.max(x, axis=-1, keepdims=True)  # subtracting the max keeps exp from overflowing
+    exp_x = x - x.max(axis=-1, keepdims=True)  # subtracting the max keeps exp from overflowing
     np.exp(exp_x, out=exp_x)  # in place: attention scores are [n_head, n_seq, n_seq], temporaries cost time
-    exp_x /= np.sum(exp_x, axis=-1, keepdims=True)
+    exp_x /= exp_x.sum(axis=-1, keepdims=True)
     return exp_x
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    centered = x - np.mean(x, axis=-1, keepdims=True)  # [n_seq, n_embd]
-    variance = np.mean(centered * centered, axis=-1, keepdims=True)  # [n_seq, 1]
-    return g * centered / np.sqrt(variance + eps) + b  # normalize each row, then scale and shift
+    # Means as sums over n_embd: on the one row of a generation step, the call to np.mean itself costs
+    # more than its arithmetic, and a step makes 25 of these calls.
+    n_embd = x.shape[-1]
+    centered = x - x.sum(axis=-1, keepdims=True) / n_embd  # each row minus its mean: [n_seq, n_embd]
+    variance = (centered * centered).sum(axis=-1, keepdims=True) / n_embd  # [n_seq, 1]
+    centered /= np.sqrt(variance + eps)  # normalize each row
+    return g * centered + b  # then scale and shift
 
 
 def linear(x, w, b):  # [m, in], [in, out], [out] -> [m, out]
@@ -61,6 +66,14 @@ def attention(q, k, v, mask):  # [n_head, n_q, d], [n_head, n_k, d] twice, [n_q,
     return softmax(scores) @ v  # mix the values by those weights: [n_head, n_q, n_k] @ [n_head, n_k, d]
 
 
+@functools.lru_cache(maxsize=2)  # one call to gpt2() uses the same mask in every block
+def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e10 where j comes after it
+    """The queries are the last n_q of the n_k positions (the first n_k - n_q are cached ones)."""
+    mask = (1 - np.tri(n_q, n_k, n_k - n_q, dtype=np.float32)) * -1e10
+    mask.flags.writeable = False  # shared by every caller
+    return mask
+
+
 def mha(x, c_attn, c_proj, n_head, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
     n_seq, n_embd = x.shape
     x = linear(x, **c_attn)  # queries, keys and values at once: [n_seq, n_embd] -> [n_seq, 3*n_embd]
@@ -72,9 +85,7 @@ def mha(x, c_attn, c_proj, n_head, kv_cache=None):  # [n_seq, n_embd] -> [n_seq,
         buffer[:, :, n_past : n_past + n_seq] = kv  # this call's keys and values go after them
         kv = buffer[:, :, : n_past + n_seq]  # [2, n_head, n_past + n_seq, d]
     k, v = kv  # each [n_head, n_k, d], n_k = n_past + n_seq
-    n_k = k.shape[1]
-    causal_mask = (1 - np.tri(n_seq, n_k, n_k - n_seq, dtype=x.dtype)) * -1e10  # -1e10 on later positions: [n_seq, n_k]
-    out = attention(q, k, v, causal_mask)  # [n_head, n_seq, d]
+    out = attention(q, k, v, causal_mask(n_seq, k.shape[1]))  # [n_head, n_seq, d]
     out = out.transpose(1, 0, 2).reshape(n_seq, n_embd)  # merge heads: [n_head, n_seq, d] -> [n_seq, n_embd]
     return linear(out, **c_proj)  # [n_seq, n_embd] -> [n_seq, n_embd]
 
