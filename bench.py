@@ -257,6 +257,7 @@ def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512
     ours_time(prompt, 8)  # warm up: the memory-mapped weights come into memory
     if hf is not None:
         hf_generate_time(hf, prompt, 8)
+
     def decode_rate(time_for):  # tokens/s after the first token
         first = time_for(prompt, 1)
         return (n_new - 1) / (time_for(prompt, n_new) - first)
