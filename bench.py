@@ -229,13 +229,53 @@ def hf_generate_time(model, ids, n_tokens):
         return time.perf_counter() - start
 
 
-def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512):
+def llama_cpp_model(llama_cpp_dir, models_dir, hf):
+    """The random 124M model as an F32 GGUF file for llama.cpp, made once with llama.cpp's own converter
+    from HuggingFace's copy of the same weights."""
+    import json
+    import shutil
+
+    from random_model import tokenizer_dir
+
+    gguf = os.path.join(models_dir, "124M-f32.gguf")
+    if os.path.exists(gguf):
+        return gguf
+    with tempfile.TemporaryDirectory() as hf_dir:
+        hf.save_pretrained(hf_dir)
+        config_path = os.path.join(hf_dir, "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        with open(config_path, "w") as f:
+            json.dump({**config, "n_ctx": HPARAMS_124M["n_ctx"]}, f)  # the converter reads GPT-2's old key
+        shutil.copy(os.path.join(tokenizer_dir(), "encoder.json"), os.path.join(hf_dir, "vocab.json"))
+        shutil.copy(os.path.join(tokenizer_dir(), "vocab.bpe"), os.path.join(hf_dir, "merges.txt"))
+        converter = os.path.join(llama_cpp_dir, "convert_hf_to_gguf.py")
+        command = [sys.executable, converter, hf_dir, "--outtype", "f32", "--outfile", gguf + ".tmp"]
+        subprocess.run(command, check=True, capture_output=True)
+    os.replace(gguf + ".tmp", gguf)
+    return gguf
+
+
+def llama_cpp_decode_rate(llama_cpp_dir, gguf, n_prompt, n_new):
+    """llama-bench's token generation: n_new tokens after n_prompt tokens of context, tokens/s."""
+    import json
+
+    llama_bench = os.path.join(llama_cpp_dir, "build", "bin", "llama-bench")
+    threads = str(len(os.sched_getaffinity(0)))
+    command = [llama_bench, "-m", gguf, "-p", "0", "-n", str(n_new), "-d", str(n_prompt), "-t", threads, "-r", "1"]
+    result = subprocess.run(command + ["-o", "json"], check=True, capture_output=True, text=True)
+    return json.loads(result.stdout)[0]["avg_ts"]
+
+
+def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_new=128, n_prefill=512):
     """Decode and prefill speed of gpt2.py, HuggingFace and the memory-bandwidth bound. Each round
     measures all of them one after the other, so that a slow spell of the machine hits all alike;
     the ratios are taken within a round, and the medians over rounds are printed.
     Decode is the rate of the tokens after the first: (n_new - 1) tokens over the time of a call for
     n_new tokens minus that of a call for one (prompt and first token), as llama.cpp's token-generation
-    figure leaves the prompt out. The bound is a per-token cost that the prompt's pass does not have."""
+    figure leaves the prompt out. The bound is a per-token cost that the prompt's pass does not have.
+    With llama_cpp_dir (a llama.cpp source folder with llama-bench built in build/bin), llama.cpp's F32
+    token generation on the same weights joins each round."""
     import numpy as np
 
     import gpt2
@@ -254,6 +294,7 @@ def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512
         gpt2.generate(ids, params, n_head, n_tokens, stop_at_end_of_text=False)  # always n_tokens
         return time.perf_counter() - start
 
+    gguf = llama_cpp_model(llama_cpp_dir, models_dir, hf) if llama_cpp_dir and hf is not None else None
     ours_time(prompt, 8)  # warm up: the memory-mapped weights come into memory
     if hf is not None:
         hf_generate_time(hf, prompt, 8)
@@ -269,6 +310,8 @@ def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512
         if hf is not None:
             row["hf_decode"] = decode_rate(lambda ids, n_tokens: hf_generate_time(hf, ids, n_tokens))
             row["hf_prefill"] = n_prefill / hf_generate_time(hf, long_prompt, 1)
+        if gguf is not None:
+            row["llama_cpp_decode"] = llama_cpp_decode_rate(llama_cpp_dir, gguf, n_prompt, n_new)
         rows.append(row)
 
     def median(fn):
@@ -297,18 +340,25 @@ def bench_generation(models_dir, rounds=7, n_prompt=16, n_new=128, n_prefill=512
         f"  prefill: HuggingFace {median(lambda r: r['hf_prefill']):.0f} tokens/s ({n_prefill / median(lambda r: r['hf_prefill']):.2f} s); "
         f"gpt2.py is {median(lambda r: r['prefill'] / r['hf_prefill']):.2f}x"
     )
+    if gguf is not None:
+        print(
+            f"  decode:  llama.cpp F32 (llama-bench, {n_new} tokens after {n_prompt}) {median(lambda r: r['llama_cpp_decode']):.1f} tokens/s "
+            f"= {median(lambda r: r['llama_cpp_decode'] / r['bound']):.0%} of the bound; "
+            f"gpt2.py is {median(lambda r: r['decode'] / r['llama_cpp_decode']):.2f}x"
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["decode", "score", "load", "encoder"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
+    parser.add_argument("--llama_cpp", help="a llama.cpp source folder with llama-bench built: compare decode with it")
     args = parser.parse_args()
     machine_summary()
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or tmp
         if args.only in (None, "decode"):
-            bench_generation(models_dir)
+            bench_generation(models_dir, args.llama_cpp)
         if args.only in (None, "score"):
             bench_score(models_dir)
         if args.only in (None, "load"):
