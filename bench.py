@@ -251,7 +251,11 @@ def llama_cpp_model(llama_cpp_dir, models_dir, hf):
         shutil.copy(os.path.join(tokenizer_dir(), "vocab.bpe"), os.path.join(hf_dir, "merges.txt"))
         converter = os.path.join(llama_cpp_dir, "convert_hf_to_gguf.py")
         command = [sys.executable, converter, hf_dir, "--outtype", "f32", "--outfile", gguf + ".tmp"]
-        subprocess.run(command, check=True, capture_output=True)
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as error:
+            last_line = (error.stderr.strip().splitlines() or ["(no message)"])[-1]
+            sys.exit(f"llama.cpp's converter failed: {last_line}")
     os.replace(gguf + ".tmp", gguf)
     return gguf
 
@@ -273,7 +277,8 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
     the ratios are taken within a round, and the medians over rounds are printed.
     Decode is the rate of the tokens after the first: (n_new - 1) tokens over the time of a call for
     n_new tokens minus that of a call for one (prompt and first token), as llama.cpp's token-generation
-    figure leaves the prompt out. The bound is a per-token cost that the prompt's pass does not have.
+    figure leaves the prompt out: the bound is a cost per generated token, and the prompt's pass is
+    measured on its own as prefill.
     With llama_cpp_dir (a llama.cpp source folder with llama-bench built in build/bin), llama.cpp's F32
     token generation on the same weights joins each round."""
     import numpy as np
@@ -331,7 +336,9 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
         f"({n_prefill / median(lambda r: r['prefill']):.2f} s)"
     )
     if hf is None:
-        print("  (transformers is not installed: no HuggingFace figures)")
+        print(
+            "  (transformers is not installed: no HuggingFace figures, and no llama.cpp ones, whose model file it writes)"
+        )
         return
     print(
         f"  decode:  HuggingFace {median(lambda r: r['hf_decode']):.1f} tokens/s; gpt2.py is {median(lambda r: r['decode'] / r['hf_decode']):.2f}x"
