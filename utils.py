@@ -355,7 +355,7 @@ def repair(model_size, model_dir):
                 if attempt == 2 or fetched >= set(CHECKPOINT_FILES):
                     raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
                 print(f"{e}: downloading the checkpoint again", file=sys.stderr)
-                download_gpt2_files(model_size, model_dir, ["model.ckpt.index", "model.ckpt.meta", CHECKPOINT_DATA])
+                download_gpt2_files(model_size, model_dir, [*CHECKPOINT_FILES, "model.ckpt.meta"])
 
 
 def load_encoder_hparams_and_params(model_size, models_dir):

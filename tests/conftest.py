@@ -62,6 +62,15 @@ def small_params(small_variables):
 
 
 @pytest.fixture(scope="session")
+def hf_small(small_variables):
+    """HuggingFace's GPT2LMHeadModel holding the small random weights; skips where transformers is missing."""
+    pytest.importorskip("transformers")
+    from hf_reference import hf_model
+
+    return hf_model(small_variables, SMALL_HPARAMS)
+
+
+@pytest.fixture(scope="session")
 def tokenizer_dir():
     from random_model import tokenizer_dir
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PROMPT, REPO_DIR, SMALL_HPARAMS
+from conftest import PROMPT, REPO_DIR
 from test_downloads import closed_port_url
 
 
@@ -20,6 +20,16 @@ def run_cli(*args, env=None, script="gpt2.py"):
         stdin=subprocess.DEVNULL,
         timeout=300,
     )
+
+
+def hf_greedy_text(model, tiktoken_gpt2, ids, n_tokens):
+    """What the command line should print: HuggingFace's greedy continuation, up to <|endoftext|>."""
+    from hf_reference import hf_greedy
+
+    new_ids = hf_greedy(model, ids, n_tokens)
+    if tiktoken_gpt2.eot_token in new_ids:
+        new_ids = new_ids[: new_ids.index(tiktoken_gpt2.eot_token)]
+    return tiktoken_gpt2.decode(new_ids)
 
 
 def assert_clean_error(result, *fragments):
@@ -49,14 +59,11 @@ def test_first_load_prints_no_tensorflow_noise(models_copy):
 
 
 @pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", 'it\'s "quoted" \\'])
-def test_prompt_that_looks_like_python_stays_text(models_copy, encoder, small_params, prompt):
+def test_prompt_that_looks_like_python_stays_text(models_copy, hf_small, tiktoken_gpt2, prompt):
     """fire alone would hand main the number 42, the tuple ('Hello', 'world'), a list, None."""
-    import gpt2
-
     result = run_cli(prompt, "--n_tokens_to_generate", "3", "--models_dir", str(models_copy))
     assert result.returncode == 0, result.stderr
-    expected = encoder.decode(gpt2.generate(encoder.encode(prompt), small_params, SMALL_HPARAMS["n_head"], 3))
-    assert result.stdout == expected + "\n"
+    assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, tiktoken_gpt2.encode_ordinary(prompt), 3) + "\n"
 
 
 def test_too_long_for_the_context(models_copy):
@@ -129,15 +136,10 @@ def test_non_utf8_stdin(models_copy):
     assert_clean_error(result, "not UTF-8", "0xe9")
 
 
-def test_empty_prompt_starts_from_end_of_text(models_copy, encoder, small_params):
-    import gpt2
-
+def test_empty_prompt_starts_from_end_of_text(models_copy, hf_small, tiktoken_gpt2):
     result = run_cli("", "-n", "4", "--models_dir", str(models_copy))
     assert result.returncode == 0, result.stderr
-    assert (
-        result.stdout
-        == encoder.decode(gpt2.generate([gpt2.END_OF_TEXT], small_params, SMALL_HPARAMS["n_head"], 4)) + "\n"
-    )
+    assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, [tiktoken_gpt2.eot_token], 4) + "\n"
 
 
 def test_sampling_flags_are_repeatable_with_a_seed(models_copy):

@@ -98,20 +98,18 @@ def test_generate_rejects_bad_lengths(small_params):
     assert len(gpt2.generate(PROMPT_IDS, small_params, N_HEAD, n_ctx - len(PROMPT_IDS))) == n_ctx - len(PROMPT_IDS)
 
 
-def test_live_against_transformers(small_variables, small_params):
+def test_live_against_transformers(hf_small, small_params):
     """The same comparison as the golden files, computed now, on inputs the golden files do not hold."""
-    pytest.importorskip("transformers")
-    from hf_reference import hf_greedy, hf_logits, hf_model
+    from hf_reference import hf_greedy, hf_logits
 
-    model = hf_model(small_variables, SMALL_HPARAMS)
     rng = np.random.RandomState(SEED + 2)
     for n_seq in (1, 7, SMALL_HPARAMS["n_ctx"]):
         ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], n_seq).tolist()
         np.testing.assert_allclose(
-            gpt2.gpt2(ids, **small_params, n_head=N_HEAD), hf_logits(model, ids), atol=1e-4, rtol=0
+            gpt2.gpt2(ids, **small_params, n_head=N_HEAD), hf_logits(hf_small, ids), atol=1e-4, rtol=0
         )
     ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], 5).tolist()
-    assert gpt2.generate(ids, small_params, N_HEAD, 30) == hf_greedy(model, ids, 30)
+    assert gpt2.generate(ids, small_params, N_HEAD, 30) == hf_greedy(hf_small, ids, 30)
 
 
 LONG_HPARAMS = {"n_vocab": 500, "n_ctx": 256, "n_embd": 32, "n_head": 4, "n_layer": 2}

@@ -53,14 +53,12 @@ def test_matches_hf_guide_golden(small_params, golden_score, stride):
     check_against_guide(ids, small_params, stride, golden_score[f"losses_{stride}"], golden_score[f"counts_{stride}"])
 
 
-def test_matches_hf_guide_live(small_variables, small_params):
-    pytest.importorskip("transformers")
-    from hf_reference import hf_guide_windows, hf_model
+def test_matches_hf_guide_live(hf_small, small_params):
+    from hf_reference import hf_guide_windows
 
-    model = hf_model(small_variables, SMALL_HPARAMS)
     ids = np.random.RandomState(21).randint(0, SMALL_HPARAMS["n_vocab"], 3 * N_CTX + 5).tolist()
     for stride in (N_CTX, 23, 1):
-        losses, counts = hf_guide_windows(model, ids, N_CTX, stride)
+        losses, counts = hf_guide_windows(hf_small, ids, N_CTX, stride)
         check_against_guide(ids, small_params, stride, losses, counts)
 
 
