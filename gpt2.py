@@ -6,9 +6,13 @@ Read it top to bottom: the building blocks first, then one transformer block, th
 Shapes are in the comments: n_seq tokens, n_embd features, n_head heads, n_vocab vocabulary entries.
 Every array is float32; constants are Python floats, because a NumPy float64 scalar such as
 np.sqrt(2 / np.pi) would silently turn float32 arrays into slower float64 ones.
+
+The model (gelu to gpt2, and lm_loss) also runs on JAX, on a GPU or TPU, when `import numpy as np`
+becomes `import jax.numpy as np` (README: What next). In-place operators (`y *= c`) save NumPy a
+temporary array; JAX's arrays are immutable, and there Python reads them as `y = y * c`. The KV-cached
+path, sampling and scoring stay NumPy.
 """
 
-import functools
 import json
 import math
 import sys
@@ -16,6 +20,16 @@ import sys
 import numpy as np
 
 END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documents
+
+
+def in_place(function, x):  # function(x), written over x where the array library allows it
+    """NumPy writes the result over x: a prompt's activations are megabytes, and a fresh array for them
+    costs page faults that slow a 512-token prompt down by about a tenth. JAX's arrays are immutable and
+    its functions take no out=, so there the result is a new array."""
+    try:
+        return function(x, out=x)
+    except TypeError:
+        return function(x)
 
 
 def gelu(x):  # elementwise: any shape -> the same shape
@@ -27,7 +41,7 @@ def gelu(x):  # elementwise: any shape -> the same shape
     y *= 0.044715
     y += x
     y *= math.sqrt(2.0 / math.pi)
-    np.tanh(y, out=y)
+    y = in_place(np.tanh, y)
     y += 1.0
     y *= x
     y *= 0.5
@@ -35,8 +49,7 @@ def gelu(x):  # elementwise: any shape -> the same shape
 
 
 def softmax(x):  # [..., n] -> [..., n], each row sums to 1
-    exp_x = x - x.max(axis=-1, keepdims=True)  # subtracting the max keeps exp from overflowing
-    np.exp(exp_x, out=exp_x)  # in place: attention scores are [n_head, n_seq, n_seq], temporaries cost time
+    exp_x = in_place(np.exp, x - x.max(axis=-1, keepdims=True))  # subtracting the max keeps exp from overflowing
     exp_x /= exp_x.sum(axis=-1, keepdims=True)
     return exp_x
 
@@ -66,15 +79,13 @@ def attention(q, k, v, mask):  # [n_head, n_q, d], [n_head, n_k, d] twice, [n_q,
     return softmax(scores) @ v  # mix the values by those weights: [n_head, n_q, n_k] @ [n_head, n_k, d]
 
 
-@functools.lru_cache(maxsize=2)  # one call to gpt2() uses the same mask in every block
 def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e10 where j comes after it
-    """The queries are the last n_q of the n_k positions (the first n_k - n_q are cached ones)."""
-    mask = (1 - np.tri(n_q, n_k, n_k - n_q, dtype=np.float32)) * -1e10
-    mask.flags.writeable = False  # shared by every caller
-    return mask
+    """The queries are the last n_q of the n_k positions (the first n_k - n_q are cached ones).
+    A forward pass makes it once and hands it to every block."""
+    return (1 - np.tri(n_q, n_k, n_k - n_q, dtype=np.float32)) * -1e10
 
 
-def mha(x, c_attn, c_proj, n_head, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
     n_seq, n_embd = x.shape
     x = linear(x, **c_attn)  # queries, keys and values at once: [n_seq, n_embd] -> [n_seq, 3*n_embd]
     qkv = x.reshape(n_seq, 3, n_head, n_embd // n_head)  # split into q, k, v and heads: [n_seq, 3, n_head, d]
@@ -85,21 +96,24 @@ def mha(x, c_attn, c_proj, n_head, kv_cache=None):  # [n_seq, n_embd] -> [n_seq,
         buffer[:, :, n_past : n_past + n_seq] = kv  # this call's keys and values go after them
         kv = buffer[:, :, : n_past + n_seq]  # [2, n_head, n_past + n_seq, d]
     k, v = kv  # each [n_head, n_k, d], n_k = n_past + n_seq
-    out = attention(q, k, v, causal_mask(n_seq, k.shape[1]))  # [n_head, n_seq, d]
+    out = attention(q, k, v, mask)  # [n_head, n_seq, d]
     out = out.transpose(1, 0, 2).reshape(n_seq, n_embd)  # merge heads: [n_head, n_seq, d] -> [n_seq, n_embd]
     return linear(out, **c_proj)  # [n_seq, n_embd] -> [n_seq, n_embd]
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, kv_cache=kv_cache)  # tokens exchange information
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+    # tokens exchange information
+    x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, mask=mask, kv_cache=kv_cache)
     x = x + ffn(layer_norm(x, **ln_2), **mlp)  # each token is processed on its own
     return x
 
 
 def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+    inputs = np.asarray(inputs)  # ids as a list or an array (JAX indexes with arrays only)
     x = wte[inputs] + wpe[: len(inputs)]  # token + position embeddings: [n_seq] -> [n_seq, n_embd]
+    mask = causal_mask(len(inputs), len(inputs))  # [n_seq, n_seq]
     for block in blocks:
-        x = transformer_block(x, **block, n_head=n_head)  # [n_seq, n_embd] -> [n_seq, n_embd]
+        x = transformer_block(x, **block, n_head=n_head, mask=mask)  # [n_seq, n_embd] -> [n_seq, n_embd]
     return layer_norm(x, **ln_f) @ wte.T  # scores of every next token: [n_seq, n_embd] -> [n_seq, n_vocab]
 
 
@@ -121,8 +135,9 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache):  # [n_new] ->
     Returns (logits, kv_cache); the buffers are filled in place, so use only the returned cache."""
     buffers, n_past = kv_cache
     x = wte[inputs] + wpe[n_past : n_past + len(inputs)]  # [n_new] -> [n_new, n_embd]
+    mask = causal_mask(len(inputs), n_past + len(inputs))  # [n_new, n_past + n_new]
     for block, buffer in zip(blocks, buffers):
-        x = transformer_block(x, **block, n_head=n_head, kv_cache=(buffer, n_past))  # [n_new, n_embd]
+        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv_cache=(buffer, n_past))  # [n_new, n_embd]
     return layer_norm(x[-1], **ln_f) @ wte.T, (buffers, n_past + len(inputs))  # [n_embd] -> [n_vocab]
 
 
@@ -237,9 +252,25 @@ def generate(inputs, params, n_head, n_tokens_to_generate, **sampling):
 
 
 def log_softmax(x):  # [n, n_vocab] -> [n, n_vocab]
+    # log(softmax(x)) directly: the log of a probability that rounded to 0 would be -inf, and NaN in a gradient
     shifted = x - np.max(x, axis=-1, keepdims=True)  # the largest is 0, so exp cannot overflow
     shifted -= np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))  # in place: these arrays are large
     return shifted
+
+
+def next_token_nlls(logits, targets):  # [n, n_vocab], [n] -> [n]
+    """-log p(targets[i]) under the scores of row i."""
+    return -log_softmax(logits)[np.arange(len(targets)), targets]
+
+
+def lm_loss(params, inputs, n_head):  # [n_seq] -> a scalar
+    """The loss GPT-2 was trained to lower: the mean NLL of each token given the ones before it, on one
+    text that fits the context (score() reads longer ones in windows, and gives the same number on
+    this one). params come first, so that jax.grad(lm_loss)(params, inputs, n_head) is its gradient
+    with respect to every weight."""
+    inputs = np.asarray(inputs)
+    x, y = inputs[:-1], inputs[1:]  # each token predicts the next: [n_seq - 1] twice
+    return np.mean(next_token_nlls(gpt2(x, **params, n_head=n_head), y))
 
 
 def token_nlls(inputs, params, n_head, stride=None):  # [n_seq] -> [n_seq]
@@ -256,8 +287,8 @@ def token_nlls(inputs, params, n_head, stride=None):  # [n_seq] -> [n_seq]
         end = min(begin + n_ctx, len(inputs))
         first = max(scored_until, begin + 1)  # score after the previous window, and with some context here
         logits = gpt2(inputs[begin:end], **params, n_head=n_head)  # one pass over the window: [n_window, n_vocab]
-        log_probs = log_softmax(logits[first - begin - 1 : end - begin - 1])  # row i predicts token i + 1
-        nlls[first:end] = -log_probs[np.arange(end - first), inputs[first:end]]
+        # row i of the window predicts token i + 1
+        nlls[first:end] = next_token_nlls(logits[first - begin - 1 : end - begin - 1], inputs[first:end])
         scored_until = end
         if end == len(inputs):
             break

@@ -44,7 +44,7 @@ def transformer_block(x, mlp, attn, ln_1, ln_2, n_head):
 
 
 def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):
-    x = wte[inputs] + wpe[: len(inputs)]
+    x = wte[np.asarray(inputs)] + wpe[: len(inputs)]
     for block in blocks:
         x = transformer_block(x, **block, n_head=n_head)
     return layer_norm(x, **ln_f) @ wte.T

@@ -64,8 +64,11 @@ def test_float32_throughout(small_params):
     assert gpt2.softmax(x).dtype == np.float32
     assert gpt2.layer_norm(x, **block["ln_1"]).dtype == np.float32
     assert gpt2.ffn(x, **block["mlp"]).dtype == np.float32
-    assert gpt2.mha(x, **block["attn"], n_head=N_HEAD).dtype == np.float32
-    assert gpt2.transformer_block(x, **block, n_head=N_HEAD).dtype == np.float32
+    mask = gpt2.causal_mask(len(x), len(x))
+    assert mask.dtype == np.float32
+    assert gpt2.mha(x, **block["attn"], n_head=N_HEAD, mask=mask).dtype == np.float32
+    assert gpt2.transformer_block(x, **block, n_head=N_HEAD, mask=mask).dtype == np.float32
+    assert gpt2.lm_loss(small_params, PROMPT_IDS, N_HEAD).dtype == np.float32
     assert gpt2.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD).dtype == np.float32
     assert gpt2_pico.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD).dtype == np.float32
 

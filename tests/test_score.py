@@ -75,6 +75,16 @@ def test_short_text_is_one_window(small_params):
     assert np.isnan(nlls[0])
 
 
+def test_lm_loss_is_hf_loss_and_score_on_one_window(small_params, golden_score):
+    ids = golden_score["ids"][:N_CTX]
+    hf_loss = golden_score[f"losses_{N_CTX}"][0]  # GPT2LMHeadModel(ids, labels=ids).loss, the first window
+    for given in (ids, ids.tolist()):
+        loss = gpt2.lm_loss(small_params, given, N_HEAD)
+        assert loss.dtype == np.float32
+        assert abs(loss - hf_loss) < 1e-4
+        assert loss == pytest.approx(gpt2.score(given, small_params, N_HEAD), rel=1e-6)
+
+
 def test_log_softmax_is_stable_in_float32():
     x = np.array([[1e4, 0.0, -1e4], [88.0, 89.0, 90.0], [-1e30, 0.0, 1.0]], dtype=np.float32)
     out = gpt2.log_softmax(x)
