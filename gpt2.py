@@ -54,29 +54,31 @@ def softmax(x):  # [..., n] -> [..., n], each row sums to 1
     return exp_x
 
 
-def layer_norm(x, g, b, eps=1e-5):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
     # Means as sums over n_embd: on the one row of a generation step, the call to np.mean itself costs
     # more than its arithmetic, and a step makes 25 of these calls.
     n_embd = x.shape[-1]
-    centered = x - x.sum(axis=-1, keepdims=True) / n_embd  # each row minus its mean: [n_seq, n_embd]
-    variance = (centered * centered).sum(axis=-1, keepdims=True) / n_embd  # [n_seq, 1]
+    centered = x - x.sum(axis=-1, keepdims=True) / n_embd  # each row minus its mean: [..., n_embd]
+    variance = (centered * centered).sum(axis=-1, keepdims=True) / n_embd  # [..., 1]
     centered /= np.sqrt(variance + eps)  # normalize each row
     return g * centered + b  # then scale and shift
 
 
 def linear(x, w, b):  # [m, in], [in, out], [out] -> [m, out]
+    if x.ndim > 2:  # rows of several texts [..., m, in]: one product for all (NumPy would make one per text)
+        return linear(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[-1])
     return x @ w + b
 
 
-def ffn(x, c_fc, c_proj):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    a = gelu(linear(x, **c_fc))  # up projection: [n_seq, n_embd] -> [n_seq, 4*n_embd]
-    return linear(a, **c_proj)  # down projection: [n_seq, 4*n_embd] -> [n_seq, n_embd]
+def ffn(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
+    a = gelu(linear(x, **c_fc))  # up projection: [..., n_seq, n_embd] -> [..., n_seq, 4*n_embd]
+    return linear(a, **c_proj)  # down projection: [..., n_seq, 4*n_embd] -> [..., n_seq, n_embd]
 
 
-def attention(q, k, v, mask):  # [n_head, n_q, d], [n_head, n_k, d] twice, [n_q, n_k] -> [n_head, n_q, d]
-    scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(0, 2, 1)  # scaled dot products: [n_head, n_q, n_k]
+def attention(q, k, v, mask):  # [..., n_q, d], [..., n_k, d] twice, [..., n_q, n_k] -> [..., n_q, d]
+    scores = (q / math.sqrt(q.shape[-1])) @ k.swapaxes(-1, -2)  # scaled dot products: [..., n_q, n_k]
     scores += mask  # a position may only look at itself and earlier ones
-    return softmax(scores) @ v  # mix the values by those weights: [n_head, n_q, n_k] @ [n_head, n_k, d]
+    return softmax(scores) @ v  # mix the values by those weights: [..., n_q, n_k] @ [..., n_k, d]
 
 
 def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e10 where j comes after it
@@ -85,60 +87,77 @@ def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e
     return (1 - np.tri(n_q, n_k, n_k - n_q, dtype=np.float32)) * -1e10
 
 
-def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
-    n_seq, n_embd = x.shape
-    x = linear(x, **c_attn)  # queries, keys and values at once: [n_seq, n_embd] -> [n_seq, 3*n_embd]
-    qkv = x.reshape(n_seq, 3, n_head, n_embd // n_head)  # split into q, k, v and heads: [n_seq, 3, n_head, d]
-    qkv = qkv.transpose(1, 2, 0, 3)  # heads become a batch axis: [3, n_head, n_seq, d]
-    q, kv = qkv[0], qkv[1:]  # [n_head, n_seq, d], [2, n_head, n_seq, d]
+def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
+    *batch, n_seq, n_embd = x.shape
+    x = linear(x, **c_attn)  # queries, keys and values at once: [..., n_seq, n_embd] -> [..., n_seq, 3*n_embd]
+    qkv = x.reshape(*batch, n_seq, 3 * n_head, n_embd // n_head)  # q, k, v of each head: [..., n_seq, 3*n_head, d]
+    qkv = qkv.swapaxes(-3, -2)  # heads become a batch axis: [..., 3*n_head, n_seq, d]
+    q, kv = qkv[..., :n_head, :, :], qkv[..., n_head:, :, :]  # [..., n_head, n_seq, d], [..., 2*n_head, n_seq, d]
     if kv_cache is not None:  # keys and values of the n_past earlier positions are kept, not recomputed
-        buffer, n_past = kv_cache  # [2, n_head, n_ctx, d], int
-        buffer[:, :, n_past : n_past + n_seq] = kv  # this call's keys and values go after them
-        kv = buffer[:, :, : n_past + n_seq]  # [2, n_head, n_past + n_seq, d]
-    k, v = kv  # each [n_head, n_k, d], n_k = n_past + n_seq
-    out = attention(q, k, v, mask)  # [n_head, n_seq, d]
-    out = out.transpose(1, 0, 2).reshape(n_seq, n_embd)  # merge heads: [n_head, n_seq, d] -> [n_seq, n_embd]
-    return linear(out, **c_proj)  # [n_seq, n_embd] -> [n_seq, n_embd]
+        buffer, n_past = kv_cache  # [..., 2*n_head, length, d], int
+        buffer[..., n_past : n_past + n_seq, :] = kv  # this call's keys and values go after them
+        kv = buffer[..., : n_past + n_seq, :]  # [..., 2*n_head, n_past + n_seq, d]
+    k, v = kv[..., :n_head, :, :], kv[..., n_head:, :, :]  # each [..., n_head, n_k, d], n_k = n_past + n_seq
+    out = attention(q, k, v, mask)  # [..., n_head, n_seq, d]
+    out = out.swapaxes(-3, -2).reshape(
+        *batch, n_seq, n_embd
+    )  # merge heads: [..., n_seq, n_head, d] -> [..., n_seq, n_embd]
+    return linear(out, **c_proj)  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
 
 
-def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask, kv_cache=None):  # [n_seq, n_embd] -> [n_seq, n_embd]
+def transformer_block(x, mlp, attn, ln_1, ln_2, n_head, mask, kv_cache=None):  # [..., n_seq, n_embd] -> the same
     # tokens exchange information
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head, mask=mask, kv_cache=kv_cache)
     x = x + ffn(layer_norm(x, **ln_2), **mlp)  # each token is processed on its own
     return x
 
 
-def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [n_seq] -> [n_seq, n_vocab]
+def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq, n_vocab]
     inputs = np.asarray(inputs)  # ids as a list or an array (JAX indexes with arrays only)
-    x = wte[inputs] + wpe[: len(inputs)]  # token + position embeddings: [n_seq] -> [n_seq, n_embd]
-    mask = causal_mask(len(inputs), len(inputs))  # [n_seq, n_seq]
+    n_seq = inputs.shape[-1]
+    x = wte[inputs] + wpe[:n_seq]  # token + position embeddings: [..., n_seq] -> [..., n_seq, n_embd]
+    mask = causal_mask(n_seq, n_seq)  # [n_seq, n_seq]
     for block in blocks:
-        x = transformer_block(x, **block, n_head=n_head, mask=mask)  # [n_seq, n_embd] -> [n_seq, n_embd]
-    return layer_norm(x, **ln_f) @ wte.T  # scores of every next token: [n_seq, n_embd] -> [n_seq, n_vocab]
+        x = transformer_block(x, **block, n_head=n_head, mask=mask)  # [..., n_seq, n_embd] -> the same
+    return layer_norm(x, **ln_f) @ wte.T  # scores of every next token: [..., n_seq, n_embd] -> [..., n_seq, n_vocab]
 
 
 # Generating token by token with gpt2() recomputes every earlier position at each step. A position's
 # keys and values never change once computed (the causal mask lets it see only earlier tokens), so
 # the fast path keeps them in a cache and feeds only the new tokens through the model.
+#
+# Several texts at once (generate_batch) are rows of one batch, lined up at the right: a row whose
+# prompt is shorter than the longest starts after `pad` empty positions. Each row counts its positions
+# from its own first token, and the mask hides the empty positions from every query, so a row gets the
+# numbers it would get alone (up to rounding) whatever its neighbours are. Each prompt is read on its
+# own into its row of the cache; from then on all rows take one step together.
 
 
-def new_kv_cache(params, n_head):
-    """An empty cache: for each block a buffer for the keys and values of all n_ctx positions, and
-    the number of positions filled (0)."""
-    n_ctx, n_embd = params["wpe"].shape
-    buffers = [np.empty((2, n_head, n_ctx, n_embd // n_head), dtype=np.float32) for _ in params["blocks"]]
-    return buffers, 0
+def new_kv_cache(params, n_head, length, batch=()):
+    """An empty cache for `length` positions: buffers [n_layer, *batch, 2*n_head, length, d] for the keys
+    and values of each block, and the number of positions filled (0). Only the positions the call
+    needs: all n_ctx positions of a 1558M model would take 630 MB per row. One array for all blocks,
+    because NumPy asks the kernel for huge pages for large arrays: fewer page faults to fill it."""
+    n_embd = params["wpe"].shape[1]
+    shape = (len(params["blocks"]), *batch, 2 * n_head, length, n_embd // n_head)
+    return np.empty(shape, dtype=np.float32), 0
 
 
-def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache):  # [n_new] -> [n_vocab]
+def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, pad=0):  # [..., n_new] -> [..., n_vocab]
     """Like gpt2() for the tokens that follow the cached ones, but only the next token's scores.
+    pad: for rows lined up at the right, the empty positions before each row's first token ([n_rows]).
     Returns (logits, kv_cache); the buffers are filled in place, so use only the returned cache."""
     buffers, n_past = kv_cache
-    x = wte[inputs] + wpe[n_past : n_past + len(inputs)]  # [n_new] -> [n_new, n_embd]
-    mask = causal_mask(len(inputs), n_past + len(inputs))  # [n_new, n_past + n_new]
+    inputs = np.asarray(inputs)
+    n_new, n_k = inputs.shape[-1], n_past + inputs.shape[-1]
+    pad = np.asarray(pad)[..., None]  # [..., 1]
+    positions = np.arange(n_past, n_k) - pad  # each row counts from its own first token: [..., n_new]
+    x = wte[inputs] + wpe[np.maximum(positions, 0)]  # [..., n_new] -> [..., n_new, n_embd]
+    empty = (np.arange(n_k) < pad) * np.float32(-1e10)  # hides a row's empty positions: [..., n_k]
+    mask = causal_mask(n_new, n_k) + empty[..., None, None, :]  # [..., 1, n_new, n_k]
     for block, buffer in zip(blocks, buffers):
-        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv_cache=(buffer, n_past))  # [n_new, n_embd]
-    return layer_norm(x[-1], **ln_f) @ wte.T, (buffers, n_past + len(inputs))  # [n_embd] -> [n_vocab]
+        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv_cache=(buffer, n_past))  # [..., n_new, n_embd]
+    return layer_norm(x[..., -1, :], **ln_f) @ wte.T, (buffers, n_k)  # [..., n_embd] -> [..., n_vocab]
 
 
 # Choosing the next token. Greedy decoding (temperature 0) always takes the most likely token and
@@ -149,22 +168,23 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache):  # [n_new] ->
 #   top_p: keeps the most likely tokens whose probabilities add up to at least p (nucleus sampling).
 
 
-def top_k_filter(logits, top_k):  # [n_vocab] -> [n_vocab], -inf outside the top k
-    kth_largest = np.partition(logits, -top_k)[-top_k]
+def top_k_filter(logits, top_k):  # [..., n_vocab] -> [..., n_vocab], -inf outside the top k
+    kth_largest = np.partition(logits, -top_k, axis=-1)[..., -top_k, None]
     return np.where(logits < kth_largest, -np.inf, logits)  # ties with the k-th are kept
 
 
-def top_p_filter(logits, top_p):  # [n_vocab] -> [n_vocab], -inf outside the nucleus
-    ascending = np.argsort(logits)  # least likely first
-    cumulative = np.cumsum(softmax(logits[ascending]))  # probability of this token and all less likely ones
+def top_p_filter(logits, top_p):  # [..., n_vocab] -> [..., n_vocab], -inf outside the nucleus
+    ascending = np.argsort(logits, axis=-1)  # least likely first
+    sorted_logits = np.take_along_axis(logits, ascending, axis=-1)
+    cumulative = np.cumsum(softmax(sorted_logits), axis=-1)  # probability of this token and all less likely ones
     drop = cumulative <= 1.0 - top_p  # the unlikely tail whose total stays within 1 - top_p
-    drop[-1] = False  # the most likely token always stays
+    drop[..., -1] = False  # the most likely token always stays
     filtered = logits.copy()
-    filtered[ascending[drop]] = -np.inf
+    np.put_along_axis(filtered, ascending, np.where(drop, -np.inf, sorted_logits), axis=-1)
     return filtered
 
 
-def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):  # [n_vocab] -> [n_vocab]
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):  # [..., n_vocab] -> [..., n_vocab]
     logits = logits / temperature
     if top_k:
         logits = top_k_filter(logits, top_k)
@@ -173,9 +193,16 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):  # [n_vocab] -> 
     return logits
 
 
-def sample(logits, rng):  # [n_vocab] (filtered) -> token id
-    cumulative = np.cumsum(softmax(logits), dtype=np.float64)  # filtered tokens add 0: exp(-inf) = 0
-    return int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+def sample(logits, uniform):  # [..., n_vocab] (filtered), [...] numbers drawn from [0, 1) -> [...] token ids
+    cumulative = np.cumsum(softmax(logits), axis=-1, dtype=np.float64)  # filtered tokens add 0: exp(-inf) = 0
+    # the first token whose cumulative probability passes the draw: the number of tokens before it
+    return (cumulative <= np.asarray(uniform)[..., None] * cumulative[..., -1:]).sum(axis=-1)
+
+
+def next_token(logits, uniform, temperature, top_k, top_p):  # [..., n_vocab], [...] -> [...] token ids
+    if temperature == 0:
+        return np.argmax(logits, axis=-1)  # greedy: the most likely next token
+    return sample(filter_logits(logits, temperature, top_k, top_p), uniform)
 
 
 def check_whole_number(name, value, low, high=None):
@@ -192,7 +219,7 @@ def check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, 
         )
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(
-            f"the prompt has {len(inputs)} tokens and {n_tokens_to_generate} more were asked for: "
+            f"the prompt has {plural(len(inputs), 'token')} and {n_tokens_to_generate} more were asked for: "
             f"{len(inputs) + n_tokens_to_generate} is more than the model's context of {n_ctx} tokens"
         )
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
@@ -202,6 +229,10 @@ def check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, 
         raise ValueError(f"top_p must be a number above 0 and at most 1, not {top_p!r}")
     if seed is not None:
         check_whole_number("seed", seed, 0)
+
+
+def plural(n, noun):  # "1 token", "2 tokens"
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def generate_stream(
@@ -222,13 +253,10 @@ def generate_stream(
     n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
     check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
     rng = np.random.default_rng(seed)
-    kv_cache = new_kv_cache(params, n_head)
+    kv_cache = new_kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed
     logits, kv_cache = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=kv_cache)  # the prompt at once
     for step in range(n_tokens_to_generate):
-        if temperature == 0:
-            token_id = int(np.argmax(logits))  # the most likely next token
-        else:
-            token_id = sample(filter_logits(logits, temperature, top_k, top_p), rng)
+        token_id = int(next_token(logits, rng.random(), temperature, top_k, top_p))
         if token_id == END_OF_TEXT and stop_at_end_of_text:
             return
         yield token_id, logits
@@ -240,6 +268,97 @@ def generate(inputs, params, n_head, n_tokens_to_generate, **sampling):
     """The list of new token ids (greedy unless sampling options are given, see generate_stream);
     the caller's list is left as it was."""
     return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **sampling)]
+
+
+def generate_batch_stream(
+    prompts,
+    params,
+    n_head,
+    n_tokens_to_generate,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    stop_at_end_of_text=True,
+    first_row=0,
+):
+    """generate_stream for several prompts (token-id lists of any lengths) at once, one forward pass per
+    step for all rows still running. Yields, at each step, [(row, token id, logits)] for the rows that
+    took a token. Row i draws its samples from its own random stream, made from the seed and
+    first_row + i: the same at any batch size and beside any other rows."""
+    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
+    for inputs in prompts:
+        check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    rngs = [
+        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(first_row + i,))) for i in range(len(prompts))
+    ]
+    n_prompt = max(len(inputs) for inputs in prompts)
+    pad = np.array([n_prompt - len(inputs) for inputs in prompts])  # rows line up at the right
+    buffers, _ = new_kv_cache(params, n_head, n_prompt + n_tokens_to_generate - 1, batch=(len(prompts),))
+    first_logits, row_of_prompt = [], {}
+    for row, inputs in enumerate(prompts):  # each prompt on its own, into its row of the cache after its pad
+        if tuple(inputs) in row_of_prompt:  # the same prompt again (several samples): copy its work
+            buffers[:, row] = buffers[:, row_of_prompt[tuple(inputs)]]
+            first_logits.append(first_logits[row_of_prompt[tuple(inputs)]])
+            continue
+        buffers[:, row, :, : pad[row]] = 0  # masked, but NaN left in fresh memory would get through the mask
+        row_cache = buffers[:, row, :, pad[row] :]  # a view: [n_layer, 2*n_head, length - pad, d]
+        logits, _ = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=(row_cache, 0))
+        first_logits.append(logits)
+        row_of_prompt[tuple(inputs)] = row
+    logits, kv_cache = np.stack(first_logits), (buffers, n_prompt)  # [n_rows, n_vocab]
+    rows = np.arange(len(prompts))  # the rows still running
+    for step in range(n_tokens_to_generate):
+        uniforms = np.array([rngs[row].random() for row in rows])
+        token_ids = next_token(logits, uniforms, temperature, top_k, top_p)  # [n_running]
+        running = (token_ids != END_OF_TEXT) | (not stop_at_end_of_text)
+        yield [(int(rows[i]), int(token_ids[i]), logits[i]) for i in np.flatnonzero(running)]
+        if step == n_tokens_to_generate - 1 or not running.any():
+            return
+        if not running.all():  # a finished row leaves the batch and costs no more compute
+            rows, token_ids, pad = rows[running], token_ids[running], pad[running]
+            kv_cache = (kv_cache[0][:, running], kv_cache[1])
+        logits, kv_cache = gpt2_cached(token_ids[:, None], **params, n_head=n_head, kv_cache=kv_cache, pad=pad)
+
+
+def generate_batches(
+    prompts,
+    params,
+    n_head,
+    n_tokens_to_generate,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    stop_at_end_of_text=True,
+    batch_size=None,
+):
+    """generate_batch, batch_size prompts at a time: yields the list of new ids of each batch in turn."""
+    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
+    for inputs in prompts:  # all of them, before any work
+        check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    if batch_size is not None:
+        check_whole_number("batch_size", batch_size, 1)
+    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "stop_at_end_of_text": stop_at_end_of_text}
+    seed = np.random.SeedSequence(seed).entropy  # one seed for every batch (a fresh one if None)
+    batch_size = batch_size or max(len(prompts), 1)
+    for first_row in range(0, len(prompts), batch_size):
+        batch = prompts[first_row : first_row + batch_size]
+        new_ids = [[] for _ in batch]
+        for step in generate_batch_stream(
+            batch, params, n_head, n_tokens_to_generate, **options, seed=seed, first_row=first_row
+        ):
+            for row, token_id, _ in step:
+                new_ids[row].append(token_id)
+        yield new_ids
+
+
+def generate_batch(prompts, params, n_head, n_tokens_to_generate, batch_size=None, **sampling):
+    """The new ids of each prompt (a list of token-id lists of any lengths), as generate() gives them for
+    that prompt alone (sampled rows: see generate_batch_stream). batch_size rows decode together (all
+    by default); it changes speed and memory, not the ids."""
+    batches = generate_batches(prompts, params, n_head, n_tokens_to_generate, batch_size=batch_size, **sampling)
+    return [ids for batch in batches for ids in batch]
 
 
 # Measuring the model: how well does it predict a given text? Each token's negative log-likelihood

@@ -128,7 +128,7 @@ def long_params():
 def test_cached_logits_match_full_forward_at_every_step(long_params):
     ids = np.random.RandomState(3).randint(0, LONG_HPARAMS["n_vocab"], 5).tolist()
     logits, kv_cache = gpt2.gpt2_cached(
-        ids, **long_params, n_head=N_HEAD, kv_cache=gpt2.new_kv_cache(long_params, N_HEAD)
+        ids, **long_params, n_head=N_HEAD, kv_cache=gpt2.new_kv_cache(long_params, N_HEAD, LONG_HPARAMS["n_ctx"])
     )
     while True:
         full = gpt2.gpt2(ids, **long_params, n_head=N_HEAD)  # recomputes every position: the reference
@@ -144,7 +144,7 @@ def test_cached_logits_match_full_forward_at_every_step(long_params):
 
 def test_cache_takes_several_new_tokens_at_once(long_params):
     ids = np.random.RandomState(5).randint(0, LONG_HPARAMS["n_vocab"], 40).tolist()
-    kv_cache = gpt2.new_kv_cache(long_params, N_HEAD)
+    kv_cache = gpt2.new_kv_cache(long_params, N_HEAD, len(ids))
     for chunk in (ids[:20], ids[20:33], ids[33:34], ids[34:]):
         logits, kv_cache = gpt2.gpt2_cached(chunk, **long_params, n_head=N_HEAD, kv_cache=kv_cache)
     np.testing.assert_allclose(logits, gpt2.gpt2(ids, **long_params, n_head=N_HEAD)[-1], atol=1e-4, rtol=0)
