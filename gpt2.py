@@ -13,9 +13,7 @@ temporary array; JAX's arrays are immutable, and there Python reads them as `y =
 path, sampling and scoring stay NumPy.
 """
 
-import json
 import math
-import sys
 
 import numpy as np
 
@@ -414,185 +412,54 @@ def token_nlls(inputs, params, n_head, stride=None):  # [n_seq] -> [n_seq]
     return nlls
 
 
+def token_nlls_batches(texts, params, n_head, stride=None):
+    """token_nlls of each text (token-id lists), yielded in order as lists, a batch at a time. Texts
+    that fit the context are read together, several in one forward pass: rows padded at the right to
+    the longest (the padding comes after every real token, so the causal mask hides it from them), up to
+    n_ctx positions in all, the memory of one window of token_nlls."""
+    n_ctx = len(params["wpe"])
+    for ids in texts:  # all of them, before any work
+        if len(ids) < 2:
+            raise ValueError(f"scoring needs at least 2 tokens, not {len(ids)}: the first one is only context")
+    batch = []
+    for ids in texts:
+        if batch and (len(ids) > n_ctx or (len(batch) + 1) * max(len(ids), *map(len, batch)) > n_ctx):
+            yield padded_token_nlls(batch, params, n_head)
+            batch = []
+        if len(ids) > n_ctx:
+            yield [token_nlls(ids, params, n_head, stride)]
+        else:
+            batch.append(ids)
+    if batch:
+        yield padded_token_nlls(batch, params, n_head)
+
+
+def padded_token_nlls(texts, params, n_head):  # texts of at most n_ctx tokens -> their token_nlls
+    rows = np.zeros((len(texts), max(map(len, texts))), dtype=np.int64)  # [n_texts, n_seq], padded with id 0
+    for row, ids in zip(rows, texts):
+        row[: len(ids)] = ids
+    logits = gpt2(rows, **params, n_head=n_head)  # [n_texts, n_seq, n_vocab]
+    nlls = [np.full(len(ids), np.nan) for ids in texts]  # the first token is context only
+    for text_nlls, row, row_logits in zip(nlls, rows, logits):
+        text_nlls[1:] = next_token_nlls(row_logits[: len(text_nlls) - 1], row[1 : len(text_nlls)])
+    return nlls
+
+
 def score(inputs, params, n_head, stride=None):
     """Mean negative log-likelihood, in nats per scored token, of a list of token ids; exp of it
     is the perplexity. stride: where windows start, n_ctx (no overlap) if None."""
     return float(np.nanmean(token_nlls(inputs, params, n_head, stride)))
 
 
-def describe_choice(encoder, logits, token_id, n_candidates):
-    """One line for learners: the chosen token and the model's most likely candidates with their
-    probabilities (softmax of the model's logits: its own belief, before temperature and filtering)."""
-    probs = softmax(logits.astype(np.float64))
-    top = np.argsort(probs)[::-1][:n_candidates]
-    chosen = f"{token_repr(encoder, token_id):>16} {probs[token_id]:6.1%} {bar(probs[token_id], 10)}"
-    candidates = "  ".join(f"{token_repr(encoder, int(i))} {probs[i]:.1%}" for i in top)
-    return f"{chosen}  │ {candidates}"
+def main(*args, **kwargs):
+    """What `python gpt2.py ...` does, as a function: prints the text as it is generated and returns it
+    (with score=True, prints the measurements and returns the perplexity). The command line is cli.py."""
+    import cli
 
-
-def token_repr(encoder, token_id):
-    """A token as quoted text, with its spaces and newlines visible: " the" or "\n"."""
-    return json.dumps(encoder.decode([token_id]), ensure_ascii=False)
-
-
-def bar(fraction, width):
-    eighths = round(fraction * width * 8)
-    return ("█" * (eighths // 8) + " ▏▎▍▌▋▊▉"[eighths % 8]).rstrip().ljust(width)
-
-
-def read_text(prompt, file):
-    """The text to work on: the prompt, standard input if it is "-", or the file."""
-    if file is not None:
-        if prompt is not None:
-            raise ValueError("give a prompt or --file, not both")
-        try:
-            with open(file, "rb") as f:
-                return decode_utf8(f.read(), file)
-        except OSError as e:
-            raise ValueError(f"cannot read {file}: {e.strerror}") from None
-    if prompt is None:
-        raise ValueError("give a prompt (or - to read standard input, or --file PATH)")
-    if not isinstance(prompt, str):
-        raise ValueError(f"the prompt must be text, not {prompt!r} (on the command line, give it first)")
-    if prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
-        return decode_utf8(sys.stdin.buffer.read(), "standard input").removesuffix("\n").removesuffix("\r")
-    return prompt
-
-
-def decode_utf8(data, source):
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{source} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
-
-
-def print_generation(encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, **sampling):
-    tokens = generate_stream(input_ids, params, n_head, n_tokens_to_generate, **sampling)
-    if show_probs:
-        print(f"{'next token':>16} {'prob':>6} {'':10}  │ the model's {show_probs} most likely next tokens", flush=True)
-        ids = []
-        for token_id, logits in tokens:
-            print(describe_choice(encoder, logits, token_id, show_probs), flush=True)
-            ids.append(token_id)
-        text = encoder.decode(ids)
-        print(f"\n{text}")
-        return text
-    pieces = []
-    for piece in encoder.decode_stream(token_id for token_id, _ in tokens):
-        print(piece, end="", flush=True)  # a character split over several tokens comes out once complete
-        pieces.append(piece)
-    print()
-    return "".join(pieces)
-
-
-def print_score(encoder, params, n_head, input_ids, stride, show_probs):
-    nlls = token_nlls(input_ids, params, n_head, stride)
-    scored = ~np.isnan(nlls)
-    if show_probs:
-        print(f"{'token':>16} {'prob':>6} {'':10}  surprisal")
-        for token_id, nll in zip(input_ids, nlls):
-            if np.isnan(nll):
-                print(f"{token_repr(encoder, token_id):>16} {'':6} {'':10}  (context only)")
-            else:
-                prob = math.exp(-nll)
-                print(f"{token_repr(encoder, token_id):>16} {prob:6.1%} {bar(prob, 10)}  {nll / math.log(2):5.1f} bits")
-        print()
-    mean_nll = float(np.nanmean(nlls))  # as score() computes it
-    n_ctx = len(params["wpe"])
-    print(f"{len(input_ids)} tokens, {int(scored.sum())} scored (windows of {n_ctx}, stride {stride or n_ctx})")
-    print(f"mean negative log-likelihood: {mean_nll:.4f} nats per token ({mean_nll / math.log(2):.4f} bits)")
-    print(f"perplexity: {math.exp(mean_nll):.4f}")
-    return math.exp(mean_nll)
-
-
-def main(
-    prompt=None,
-    n_tokens_to_generate=40,
-    model_size="124M",
-    models_dir="models",
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    seed=None,
-    stop_at_end_of_text=True,
-    show_probs=0,
-    file=None,
-    score=False,
-    stride=None,
-    prepend_end_of_text=False,
-):
-    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
-    With --score, measure how well GPT-2 predicts the text instead; returns the perplexity.
-
-    Args:
-        prompt: the text to continue. "-" reads it from standard input (a pipe, or a file: - < notes.txt).
-            An empty prompt "" starts a fresh document, from <|endoftext|>.
-        n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
-            100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
-        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower).
-        models_dir: the folder for the models; a missing model is downloaded there first.
-        temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
-            same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
-            words, 1 samples the model as it is, above 1 gets more surprising.
-        top_k: when sampling, draw only from the k most likely tokens (40 is a common choice); 0 means no limit.
-        top_p: when sampling, draw only from the most likely tokens that together have probability
-            top_p (nucleus sampling; 0.9 is common); 1 means no limit.
-        seed: a whole number that makes sampling repeatable: the same seed gives the same text.
-            Without it, every run differs.
-        stop_at_end_of_text: stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text
-            goes on past it.
-        show_probs: for learners: after each new token, show it and the model's N most likely candidates
-            with their probabilities, then the whole text. With --score, show each token of the text
-            with the probability the model gave it and its surprisal (-log2 of it, in bits).
-        file: read the text from this file (UTF-8) instead of the prompt.
-        score: instead of generating, print how well the model predicts the text: the mean negative
-            log-likelihood per token and the perplexity (lower is better).
-        stride: with --score, on a text longer than the context (1024 tokens), start a new window
-            every STRIDE tokens (default 1024: no overlap); smaller strides give tokens more context.
-        prepend_end_of_text: with --score, put <|endoftext|> before the text so that its first token is
-            scored too (by default it is only context).
-    """
-    from utils import load_encoder_hparams_and_params
-
-    check_whole_number("show_probs", show_probs, 0)
-    if not score:
-        check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
-    text = read_text(prompt, file)
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
-    input_ids = encoder.encode(text)
-    if score:
-        input_ids = [END_OF_TEXT] * bool(prepend_end_of_text) + input_ids
-        return print_score(encoder, params, hparams["n_head"], input_ids, stride, show_probs)
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
-    input_ids = input_ids or [END_OF_TEXT]
-    return print_generation(
-        encoder,
-        params,
-        hparams["n_head"],
-        input_ids,
-        n_tokens_to_generate,
-        show_probs,
-        **sampling,
-        stop_at_end_of_text=stop_at_end_of_text,
-    )
-
-
-def cli():
-    import fire
-
-    # fire reads every argument as a Python literal: "Hello, world" would arrive as a tuple and "42" as
-    # a number. Handed over as a quoted literal, the prompt arrives exactly as typed.
-    args = sys.argv[1:]
-    if args and (args[0] == "-" or not args[0].startswith("-")):
-        args[0] = repr(args[0])
-    try:
-        fire.Fire(main, command=args, serialize=lambda result: None)  # main has printed it already
-    except (ValueError, OSError, ImportError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    return cli.main(*args, **kwargs)
 
 
 if __name__ == "__main__":
-    cli()
+    import cli
+
+    cli.run()

@@ -1,0 +1,419 @@
+"""The command line of gpt2.py: what `python gpt2.py ...` runs, and how it prints its results.
+
+gpt2.py holds the model, generation and scoring; this file the presentation: text streamed as it is
+generated, several samples under headers, the learners' view of the probabilities, JSON Lines in and
+out, and the interactive prompt.
+"""
+
+import json
+import math
+import sys
+
+import numpy as np
+
+import gpt2
+from gpt2 import END_OF_TEXT, check_whole_number, plural
+
+# Rows that decode together by default. Eight rows make 2.4x the tokens per second of one and 32 rows
+# about 5x (bench.py), but the KV cache grows with the rows: a row of 124M with its full context takes
+# 75 MB, of 1558M 630 MB. 16 keeps a full-context batch of the largest model within 10 GB.
+DEFAULT_BATCH_SIZE = 16
+SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print them
+INTERACTIVE_PROMPT = "Model prompt >>> "
+
+
+def describe_choice(encoder, logits, token_id, n_candidates):
+    """One line for learners: the chosen token and the model's most likely candidates with their
+    probabilities (softmax of the model's logits: its own belief, before temperature and filtering)."""
+    probs = gpt2.softmax(logits.astype(np.float64))
+    top = np.argsort(probs)[::-1][:n_candidates]
+    chosen = f"{token_repr(encoder, token_id):>16} {probs[token_id]:6.1%} {bar(probs[token_id], 10)}"
+    candidates = "  ".join(f"{token_repr(encoder, int(i))} {probs[i]:.1%}" for i in top)
+    return f"{chosen}  │ {candidates}"
+
+
+def token_repr(encoder, token_id):
+    """A token as quoted text, with its spaces and newlines visible: " the" or "\n"."""
+    return json.dumps(encoder.decode([token_id]), ensure_ascii=False)
+
+
+def bar(fraction, width):
+    eighths = round(fraction * width * 8)
+    return ("█" * (eighths // 8) + " ▏▎▍▌▋▊▉"[eighths % 8]).rstrip().ljust(width)
+
+
+def read_text(prompt, file):
+    """The text to work on: the prompt, standard input if it is "-", or the file."""
+    if file is not None:
+        if prompt is not None:
+            raise ValueError("give a prompt or --file, not both")
+        return decode_utf8(read_bytes(file), file)
+    if prompt is None:
+        raise ValueError("give a prompt (or - to read standard input, or --file PATH)")
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be text, not {prompt!r} (on the command line, give it first)")
+    if prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
+        return decode_utf8(sys.stdin.buffer.read(), "standard input").removesuffix("\n").removesuffix("\r")
+    return prompt
+
+
+def read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+
+
+def decode_utf8(data, source):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
+def print_generation(encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, **sampling):
+    tokens = gpt2.generate_stream(input_ids, params, n_head, n_tokens_to_generate, **sampling)
+    if show_probs:
+        print(f"{'next token':>16} {'prob':>6} {'':10}  │ the model's {show_probs} most likely next tokens", flush=True)
+        ids = []
+        for token_id, logits in tokens:
+            print(describe_choice(encoder, logits, token_id, show_probs), flush=True)
+            ids.append(token_id)
+        text = encoder.decode(ids)
+        print(f"\n{text}")
+        return text
+    pieces = []
+    for piece in encoder.decode_stream(token_id for token_id, _ in tokens):
+        print(piece, end="", flush=True)  # a character split over several tokens comes out once complete
+        pieces.append(piece)
+    print()
+    return "".join(pieces)
+
+
+def print_samples(encoder, params, n_head, input_ids, n_tokens_to_generate, n_samples, batch_size, **sampling):
+    """n_samples continuations of one prompt, each whole under its header; returns their texts."""
+    if sampling["temperature"] == 0:  # every sample would be the same: make it once
+        print(f"temperature 0 (greedy) makes {n_samples} identical samples; --temperature 1 samples", file=sys.stderr)
+        texts = [encoder.decode(gpt2.generate(input_ids, params, n_head, n_tokens_to_generate, **sampling))]
+        texts *= n_samples
+        for i, text in enumerate(texts, 1):
+            print(f"{SAMPLE_HEADER.format(i)}\n{text}", flush=True)
+        return texts
+    texts = []
+    prompts = [input_ids] * n_samples
+    for batch in gpt2.generate_batches(
+        prompts, params, n_head, n_tokens_to_generate, **sampling, batch_size=batch_size
+    ):
+        for ids in batch:
+            texts.append(encoder.decode(ids))
+            print(f"{SAMPLE_HEADER.format(len(texts))}\n{texts[-1]}", flush=True)
+    return texts
+
+
+def print_score(encoder, params, n_head, input_ids, stride, show_probs):
+    nlls = gpt2.token_nlls(input_ids, params, n_head, stride)
+    scored = ~np.isnan(nlls)
+    if show_probs:
+        print(f"{'token':>16} {'prob':>6} {'':10}  surprisal")
+        for token_id, nll in zip(input_ids, nlls):
+            if np.isnan(nll):
+                print(f"{token_repr(encoder, token_id):>16} {'':6} {'':10}  (context only)")
+            else:
+                prob = math.exp(-nll)
+                print(f"{token_repr(encoder, token_id):>16} {prob:6.1%} {bar(prob, 10)}  {nll / math.log(2):5.1f} bits")
+        print()
+    mean_nll = float(np.nanmean(nlls))  # as score() computes it
+    n_ctx = len(params["wpe"])
+    print(
+        f"{plural(len(input_ids), 'token')}, {int(scored.sum())} scored (windows of {n_ctx}, stride {stride or n_ctx})"
+    )
+    print(f"mean negative log-likelihood: {mean_nll:.4f} nats per token ({mean_nll / math.log(2):.4f} bits)")
+    print(f"perplexity: {math.exp(mean_nll):.4f}")
+    return math.exp(mean_nll)
+
+
+# JSON Lines: one JSON object per line in, one per result out, with the input's keys carried over, so
+# that an "id" stays with its result. Generation reads "prompt", scoring "text".
+
+
+def read_jsonl(path, field):
+    """The objects of a JSON Lines file ("-": standard input), each checked to hold the text field.
+    Blank lines are skipped. A bad line stops everything with its line number, before any model work."""
+    source = "standard input" if path == "-" else path
+    data = sys.stdin.buffer.read() if path == "-" else read_bytes(path)
+    records = []
+    for number, line in enumerate(decode_utf8(data, source).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JsonlError(f"{source} line {number}: not JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise JsonlError(f"{source} line {number}: not a JSON object but {type(record).__name__}")
+        if field not in record:
+            raise JsonlError(f'{source} line {number}: no "{field}" key')
+        if not isinstance(record[field], str):
+            raise JsonlError(f'{source} line {number}: "{field}" is not a string but {type(record[field]).__name__}')
+        records.append((number, record))
+    return source, records
+
+
+class JsonlError(ValueError):
+    """A line of the JSON Lines input is not what it should be."""
+
+
+def write_jsonl(records):
+    """Whole lines, flushed together: an interruption loses only the batch in flight."""
+    sys.stdout.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    sys.stdout.flush()
+
+
+def jsonl_generation(
+    encoder, params, n_head, hparams, source, records, n_tokens_to_generate, n_samples, batch_size, **sampling
+):
+    prompts, rows = [], []
+    for number, record in records:
+        ids = encoder.encode(record["prompt"]) or [END_OF_TEXT]
+        if len(ids) + n_tokens_to_generate > hparams["n_ctx"]:
+            raise JsonlError(
+                f"{source} line {number}: the prompt has {plural(len(ids), 'token')}; with {n_tokens_to_generate} more "
+                f"that is more than the model's context of {hparams['n_ctx']} tokens"
+            )
+        for sample in range(1, n_samples + 1):
+            prompts.append(ids)
+            rows.append((record, sample))
+    done = 0
+    for batch in gpt2.generate_batches(
+        prompts, params, n_head, n_tokens_to_generate, **sampling, batch_size=batch_size
+    ):
+        results = []
+        for (record, sample), ids in zip(rows[done : done + len(batch)], batch):
+            results.append({**record, "sample": sample, "completion": encoder.decode(ids), "n_tokens": len(ids)})
+        write_jsonl(results)
+        done += len(batch)
+
+
+def jsonl_scoring(encoder, params, n_head, source, records, stride, prepend_end_of_text):
+    texts = []
+    for number, record in records:
+        ids = [END_OF_TEXT] * bool(prepend_end_of_text) + encoder.encode(record["text"])
+        if len(ids) < 2:
+            hint = "" if prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
+            raise JsonlError(f"{source} line {number}: the text has {plural(len(ids), 'token')}; scoring needs 2{hint}")
+        texts.append(ids)
+    done = 0
+    for batch in gpt2.token_nlls_batches(texts, params, n_head, stride):
+        results = []
+        for (_, record), ids, nlls in zip(records[done : done + len(batch)], texts[done:], batch):
+            nll = float(np.nanmean(nlls))  # as score() computes it
+            results.append(
+                {
+                    **record,
+                    "n_tokens": len(ids),
+                    "n_scored": int((~np.isnan(nlls)).sum()),
+                    "nll": nll,
+                    "perplexity": math.exp(nll),
+                }
+            )
+        write_jsonl(results)
+        done += len(batch)
+
+
+def interactive_loop(encoder, params, n_head, n_tokens_to_generate, show_probs, n_samples, batch_size, **sampling):
+    """Like OpenAI's interactive_conditional_samples.py: a prompt, its continuation, and again. Ctrl-C
+    stops a generation and asks again; at the prompt it ends the program (exit 130); so does the end of
+    the input (Ctrl-D, or the end of a pipe), with exit 0."""
+    while True:
+        try:
+            text = input(INTERACTIVE_PROMPT)
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print()
+            sys.exit(130)
+        if not text.strip():
+            continue
+        try:
+            generate_text(
+                encoder,
+                params,
+                n_head,
+                encoder.encode(text),
+                n_tokens_to_generate,
+                show_probs,
+                n_samples,
+                batch_size,
+                **sampling,
+            )
+        except KeyboardInterrupt:
+            print("\n(stopped)", flush=True)
+        except ValueError as e:  # a prompt too long for the context: say so and ask again
+            print(f"error: {e}", file=sys.stderr, flush=True)
+
+
+def generate_text(
+    encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, n_samples, batch_size, **sampling
+):
+    input_ids = input_ids or [END_OF_TEXT]
+    if n_samples == 1:
+        return print_generation(encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, **sampling)
+    return print_samples(encoder, params, n_head, input_ids, n_tokens_to_generate, n_samples, batch_size, **sampling)
+
+
+def main(
+    prompt=None,
+    n_tokens_to_generate=40,
+    model_size="124M",
+    models_dir="models",
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=None,
+    stop_at_end_of_text=True,
+    show_probs=0,
+    file=None,
+    score=False,
+    stride=None,
+    prepend_end_of_text=False,
+    n_samples=1,
+    batch_size=DEFAULT_BATCH_SIZE,
+    jsonl=None,
+    interactive=False,
+):
+    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
+    With --score, measure how well GPT-2 predicts the text instead; returns the perplexity.
+
+    Args:
+        prompt: the text to continue. "-" reads it from standard input (a pipe, or a file: - < notes.txt).
+            An empty prompt "" starts a fresh document, from <|endoftext|>.
+        n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
+            100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
+        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower).
+        models_dir: the folder for the models; a missing model is downloaded there first.
+        temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
+            same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
+            words, 1 samples the model as it is, above 1 gets more surprising.
+        top_k: when sampling, draw only from the k most likely tokens (40 is a common choice); 0 means no limit.
+        top_p: when sampling, draw only from the most likely tokens that together have probability
+            top_p (nucleus sampling; 0.9 is common); 1 means no limit.
+        seed: a whole number that makes sampling repeatable: the same seed gives the same text.
+            Without it, every run differs.
+        stop_at_end_of_text: stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text
+            goes on past it.
+        show_probs: for learners: after each new token, show it and the model's N most likely candidates
+            with their probabilities, then the whole text. With --score, show each token of the text
+            with the probability the model gave it and its surprisal (-log2 of it, in bits).
+        file: read the text from this file (UTF-8) instead of the prompt.
+        score: instead of generating, print how well the model predicts the text: the mean negative
+            log-likelihood per token and the perplexity (lower is better).
+        stride: with --score, on a text longer than the context (1024 tokens), start a new window
+            every STRIDE tokens (default 1024: no overlap); smaller strides give tokens more context.
+        prepend_end_of_text: with --score, put <|endoftext|> before the text so that its first token is
+            scored too (by default it is only context).
+        n_samples: how many continuations of the prompt to make; each is printed whole under a header
+            line "======== SAMPLE i ========". With a seed, the same command prints the same samples.
+        batch_size: how many continuations are made together (default 16): more is faster per token
+            and takes more memory; the text is the same whatever it is.
+        jsonl: read one JSON object per line from this file ("-" for standard input) and print one per
+            result: generation reads "prompt" and adds "sample", "completion" and "n_tokens"; --score
+            reads "text" and adds "n_tokens", "n_scored", "nll" and "perplexity". Other keys are kept.
+        interactive: ask for prompts one after another ("Model prompt >>> "), with the model loaded once.
+            Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.
+    """
+    from utils import load_encoder_hparams_and_params
+
+    for name, value, low in (("show_probs", show_probs, 0), ("n_samples", n_samples, 1), ("batch_size", batch_size, 1)):
+        check_whole_number(name, value, low)
+    if not score:
+        check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
+    modes = [
+        name
+        for name, given in (
+            ("a prompt", prompt is not None),
+            ("--file", file is not None),
+            ("--jsonl", jsonl is not None),
+            ("--interactive", interactive),
+        )
+        if given
+    ]
+    if len(modes) > 1:
+        both = "both " if len(modes) == 2 else "all of "
+        raise ValueError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
+    if show_probs and (n_samples > 1 or jsonl is not None):
+        raise ValueError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
+    if score and (interactive or n_samples > 1):
+        raise ValueError("--score measures a given text: not with --interactive or --n_samples")
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    if jsonl is not None:
+        source, records = read_jsonl(str(jsonl), "text" if score else "prompt")
+    elif not interactive:
+        text = read_text(prompt, file)
+    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    n_head = hparams["n_head"]
+    if jsonl is not None and score:
+        return jsonl_scoring(encoder, params, n_head, source, records, stride, prepend_end_of_text)
+    if jsonl is not None:
+        return jsonl_generation(
+            encoder,
+            params,
+            n_head,
+            hparams,
+            source,
+            records,
+            n_tokens_to_generate,
+            n_samples,
+            batch_size,
+            **sampling,
+            stop_at_end_of_text=stop_at_end_of_text,
+        )
+    if interactive:
+        return interactive_loop(
+            encoder,
+            params,
+            n_head,
+            n_tokens_to_generate,
+            show_probs,
+            n_samples,
+            batch_size,
+            **sampling,
+            stop_at_end_of_text=stop_at_end_of_text,
+        )
+    input_ids = encoder.encode(text)
+    if score:
+        input_ids = [END_OF_TEXT] * bool(prepend_end_of_text) + input_ids
+        return print_score(encoder, params, n_head, input_ids, stride, show_probs)
+    return generate_text(
+        encoder,
+        params,
+        n_head,
+        input_ids,
+        n_tokens_to_generate,
+        show_probs,
+        n_samples,
+        batch_size,
+        **sampling,
+        stop_at_end_of_text=stop_at_end_of_text,
+    )
+
+
+def run():
+    """`python gpt2.py ...`: main() through fire, with one clean line for each mistake."""
+    import fire
+
+    # fire reads every argument as a Python literal: "Hello, world" would arrive as a tuple and "42" as
+    # a number. Handed over as a quoted literal, the prompt arrives exactly as typed.
+    args = sys.argv[1:]
+    if args and (args[0] == "-" or not args[0].startswith("-")):
+        args[0] = repr(args[0])
+    # -n was fire's own short form of the only flag starting with n; --n_samples made it ambiguous
+    args = [f"--n_tokens_to_generate{arg[2:]}" if arg == "-n" or arg.startswith("-n=") else arg for arg in args]
+    try:
+        fire.Fire(main, command=args, serialize=lambda result: None)  # main has printed it already
+    except (ValueError, OSError, ImportError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
