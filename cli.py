@@ -410,6 +410,10 @@ def run():
         args[0] = repr(args[0])
     # -n was fire's own short form of the only flag starting with n; --n_samples made it ambiguous
     args = [f"--n_tokens_to_generate{arg[2:]}" if arg == "-n" or arg.startswith("-n=") else arg for arg in args]
+    # fire reads a lone "-" as its separator of chained commands: "--jsonl -" goes as "--jsonl=-"
+    for i in range(len(args) - 1, 0, -1):
+        if args[i] == "-" and args[i - 1].startswith("--") and "=" not in args[i - 1]:
+            args[i - 1 : i + 1] = [args[i - 1] + "=-"]
     try:
         fire.Fire(main, command=args, serialize=lambda result: None)  # main has printed it already
     except (ValueError, OSError, ImportError) as e:

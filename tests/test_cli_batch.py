@@ -1,0 +1,182 @@
+"""The command line's many samples, JSON Lines in and out, and interactive prompt, end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import PROMPT, REPO_DIR, SMALL_HPARAMS
+from test_cli import assert_clean_error, run_cli
+
+import gpt2
+
+N_HEAD = SMALL_HPARAMS["n_head"]
+HEADER = "======== SAMPLE {} ========"
+
+
+def run_with_stdin(stdin, *args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *args],
+        input=stdin.encode(),
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def samples(stdout, n):
+    """The texts under the n headers of the output."""
+    lines = stdout.splitlines()
+    starts = [lines.index(HEADER.format(i)) for i in range(1, n + 1)]
+    assert starts[0] == 0 and starts == sorted(starts)
+    return ["\n".join(lines[a + 1 : b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
+
+
+def test_n_samples_format_seed_and_batch_size(models_copy, small_params, encoder):
+    args = (PROMPT, "-n", "12", "--n_samples", "5", "--temperature", "1", "--top_k", "50", "--seed", "7")
+    first = run_cli(*args, "--models_dir", str(models_copy))
+    assert first.returncode == 0, first.stderr
+    texts = samples(first.stdout, 5)
+    assert len(set(texts)) == 5  # samples of one prompt differ
+    ids = gpt2.generate_batch([encoder.encode(PROMPT)] * 5, small_params, N_HEAD, 12, temperature=1.0, top_k=50, seed=7)
+    assert texts == [encoder.decode(row) for row in ids]
+    for batch_size in ("1", "2", "16"):  # speed and memory, never the text
+        again = run_cli(*args, "--batch_size", batch_size, "--models_dir", str(models_copy))
+        assert again.stdout == first.stdout
+    other_seed = run_cli(*args[:-1], "8", "--models_dir", str(models_copy))
+    assert samples(other_seed.stdout, 5) != texts
+
+
+def test_greedy_samples_are_identical_and_said_so(models_copy, golden, tiktoken_gpt2):
+    result = run_cli(PROMPT, "-n", "8", "--n_samples", "3", "--models_dir", str(models_copy))
+    assert result.returncode == 0, result.stderr
+    assert samples(result.stdout, 3) == [tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist())] * 3
+    assert len(result.stderr.strip().splitlines()) == 1 and "identical" in result.stderr
+
+
+def test_jsonl_generation_keeps_keys_and_order(models_copy, tmp_path, golden, tiktoken_gpt2):
+    records = [
+        {"id": "b", "prompt": PROMPT, "meta": {"source": ["x", 1]}},
+        {"prompt": "", "id": 7},
+        {"id": "a", "prompt": "Hello, world", "completion": "replaced"},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")  # a blank line is skipped
+    result = run_cli("--jsonl", str(path), "-n", "8", "--n_samples", "2", "--models_dir", str(models_copy))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["id"], line["sample"]) for line in lines] == [("b", 1), ("b", 2), (7, 1), (7, 2), ("a", 1), ("a", 2)]
+    assert lines[0]["meta"] == {"source": ["x", 1]} and lines[0]["prompt"] == PROMPT
+    greedy = golden["greedy_ids"][:8].tolist()  # HuggingFace's greedy continuation
+    assert lines[0]["completion"] == lines[1]["completion"] == tiktoken_gpt2.decode(greedy)
+    assert lines[0]["n_tokens"] == 8
+    for line in lines[2:]:  # each the same as that prompt alone on the command line
+        alone = run_cli(line["prompt"], "-n", "8", "--models_dir", str(models_copy))
+        assert line["completion"] + "\n" == alone.stdout
+    from_stdin = run_with_stdin(
+        path.read_text(), "--jsonl", "-", "-n", "8", "--n_samples", "2", "--models_dir", str(models_copy)
+    )
+    assert from_stdin.stdout.decode() == result.stdout
+
+
+def test_jsonl_scoring_equals_score_alone(models_copy, tmp_path, small_params, encoder):
+    texts = [PROMPT, "Hello there.", (PROMPT + ". ") * 12, "A b", PROMPT[::-1]]  # the third is several windows long
+    assert len(encoder.encode(texts[2])) > SMALL_HPARAMS["n_ctx"]
+    path = tmp_path / "texts.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    result = run_cli("--jsonl", str(path), "--score", "--stride", "32", "--models_dir", str(models_copy))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["n"] for line in lines] == list(range(len(texts)))
+    for line, text in zip(lines, texts):
+        ids = encoder.encode(text)
+        assert line["text"] == text and line["n_tokens"] == len(ids)
+        assert line["nll"] == pytest.approx(gpt2.score(ids, small_params, N_HEAD, 32), rel=1e-6)
+        assert line["n_scored"] == int((~np.isnan(gpt2.token_nlls(ids, small_params, N_HEAD, 32))).sum())
+        assert line["perplexity"] == pytest.approx(np.exp(line["nll"]), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2: not JSON"),
+        ('{"prompt": "a"}\n["prompt"]\n', "line 2: not a JSON object"),
+        ('\n{"text": "a"}\n', 'line 2: no "prompt" key'),
+        ('{"prompt": 42}\n', 'line 1: "prompt" is not a string'),
+        ('{"prompt": "a"}\n{"prompt": "' + " ".join(["word"] * 70) + '"}\n', "line 2: the prompt has 70 tokens"),
+    ],
+)
+def test_jsonl_bad_lines(models_copy, tmp_path, content, fragment):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    result = run_cli("--jsonl", str(path), "-n", "3", "--models_dir", str(models_copy))
+    assert_clean_error(result, f"error: {path} {fragment}")
+    assert result.returncode == 1
+
+
+def test_jsonl_bad_lines_for_scoring(models_copy, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "Hello world"}\n{"text": "Hello"}\n', encoding="utf-8")
+    result = run_cli("--jsonl", str(path), "--score", "--models_dir", str(models_copy))
+    assert_clean_error(result, f"{path} line 2: the text has 1 token", "--prepend_end_of_text")
+    result = run_with_stdin('{"prompt": "Hello world"}\n', "--jsonl", "-", "--score", "--models_dir", str(models_copy))
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode() == 'error: standard input line 1: no "text" key\n'
+
+
+def test_interactive_through_piped_input(models_copy):
+    prompts = [PROMPT, "", "Hello, world"]
+    result = run_with_stdin("\n".join(prompts) + "\n", "--interactive", "-n", "6", "--models_dir", str(models_copy))
+    assert result.returncode == 0, result.stderr
+    expected = ""
+    for prompt in prompts:
+        expected += "Model prompt >>> "
+        if prompt:  # an empty line asks again
+            expected += run_cli(prompt, "-n", "6", "--models_dir", str(models_copy)).stdout
+    assert result.stdout.decode() == expected + "Model prompt >>> \n"  # then the end of input ends it
+
+
+def test_interactive_samples(models_copy):
+    args = ("-n", "5", "--n_samples", "2", "--temperature", "1", "--seed", "3", "--models_dir", str(models_copy))
+    result = run_with_stdin(PROMPT + "\n", "--interactive", *args)
+    assert result.returncode == 0, result.stderr
+    alone = run_cli(PROMPT, *args).stdout
+    assert result.stdout.decode() == "Model prompt >>> " + alone + "Model prompt >>> \n"
+
+
+def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(models_copy):
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "--interactive", "--models_dir", str(models_copy)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.set_blocking(process.stdout.fileno(), False)
+    shown, deadline = b"", time.monotonic() + 60
+    while b">>> " not in shown and time.monotonic() < deadline:
+        shown += process.stdout.read() or b""
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    process.stdin.close()
+    assert process.returncode == 130 and stderr == b""
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ((PROMPT, "--n_samples", "0"), "n_samples"),
+        ((PROMPT, "--batch_size", "0"), "batch_size"),
+        ((PROMPT, "--jsonl", "x.jsonl"), "not both a prompt and --jsonl"),
+        ((PROMPT, "--n_samples", "2", "--show_probs", "3"), "--show_probs"),
+        (("--interactive", "--score"), "--score"),
+        (("--jsonl", "missing.jsonl"), "cannot read missing.jsonl"),
+    ],
+)
+def test_bad_batch_flags(tmp_path, args, fragment):
+    result = run_cli(*args, "--models_dir", str(tmp_path))
+    assert_clean_error(result, fragment)
+    assert os.listdir(tmp_path) == []  # refused before anything was loaded or downloaded
