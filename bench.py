@@ -90,12 +90,13 @@ def bench_encoder(limit=2_000_000):
         )
 
 
-def make_random_model(models_dir, hparams=HPARAMS_124M, seed=0):
+def make_random_model(models_dir, seed=0):
+    """models_dir/124M: random weights of GPT-2 124M's shape in OpenAI's layout."""
     from random_model import random_openai_variables, write_openai_model_dir
 
     model_dir = os.path.join(models_dir, "124M")
     if not os.path.exists(os.path.join(model_dir, "hparams.json")):
-        write_openai_model_dir(model_dir, hparams, random_openai_variables(hparams, seed))
+        write_openai_model_dir(model_dir, HPARAMS_124M, random_openai_variables(HPARAMS_124M, seed))
     return model_dir
 
 
@@ -130,8 +131,9 @@ def bench_load(models_dir, repeat=5):
     print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1, start to end:   {cli:.2f} s")
 
 
-def bench_score(models_dir, n_tokens=4096, repeat=3):
-    """Tokens/s of gpt2.score on a 4096-token text, with stride 1024 (no overlap) and 512."""
+def bench_score(models_dir, n_tokens=4096, repeat=3, n_texts=64):
+    """Tokens/s of gpt2.score on a 4096-token text, with stride 1024 (no overlap) and 512; and 64 short
+    texts scored as --jsonl --score does (token_nlls_batches) against a loop of score()."""
     import numpy as np
 
     import gpt2
@@ -144,6 +146,18 @@ def bench_score(models_dir, n_tokens=4096, repeat=3):
     for stride in (1024, 512):
         seconds = median_time(lambda stride=stride: gpt2.score(ids, params, hparams["n_head"], stride), repeat)
         print(f"  stride {stride}: {seconds:.2f} s, {n_tokens / seconds:.0f} tokens/s")
+    rng = np.random.RandomState(3)
+    texts = [rng.randint(0, hparams["n_vocab"], n).tolist() for n in rng.randint(50, 501, n_texts)]
+    total = sum(map(len, texts))
+    times = {"loop": [], "batched": []}
+    for _ in range(repeat):  # alternating, so that both see the machine alike
+        times["loop"].append(median_time(lambda: [gpt2.score(t, params, hparams["n_head"]) for t in texts], 1))
+        times["batched"].append(median_time(lambda: list(gpt2.token_nlls_batches(texts, params, hparams["n_head"])), 1))
+    loop, batched = statistics.median(times["loop"]), statistics.median(times["batched"])
+    print(f"scoring {n_texts} texts of 50 to 500 tokens ({total} in all), median of {repeat}:")
+    print(
+        f"  a loop of score(): {loop:.2f} s; as --jsonl --score does (token_nlls_batches): {batched:.2f} s, {loop / batched:.2f}x"
+    )
 
 
 def machine_summary():
@@ -228,6 +242,51 @@ def hf_generate_time(model, ids, n_tokens):
         return time.perf_counter() - start
 
 
+def hf_sample_time(model, ids, n_tokens, n_samples):
+    """HuggingFace's generate with num_return_sequences: n_samples rows decoding together."""
+    import torch
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.generate(
+            torch.tensor([ids]),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,  # as ours: the model's own distribution (HF's default would be top_k=50)
+            num_return_sequences=n_samples,
+            max_new_tokens=n_tokens,
+            min_new_tokens=n_tokens,
+            pad_token_id=0,
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        )
+        return time.perf_counter() - start
+
+
+def hf_ragged_time(model, prompts, n_tokens):
+    """HuggingFace's generate on prompts of different lengths, padded at the left as its docs say."""
+    import torch
+
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.generate(
+            ids, attention_mask=mask, do_sample=False, max_new_tokens=n_tokens, min_new_tokens=n_tokens, pad_token_id=0
+        )
+        return time.perf_counter() - start
+
+
+def peak_rss_megabytes(command):
+    """The peak resident memory of a command, in MB (measured from a fresh process that only waits for it)."""
+    waiter = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    result = subprocess.run(
+        [sys.executable, "-c", waiter, *command], cwd=REPO_DIR, capture_output=True, text=True, check=True
+    )
+    return int(result.stdout) / 1024
+
+
 def llama_cpp_model(llama_cpp_dir, models_dir, hf):
     """The random 124M model as an F32 GGUF file for llama.cpp, made once with llama.cpp's own converter
     from HuggingFace's copy of the same weights."""
@@ -266,7 +325,7 @@ def llama_cpp_decode_rate(llama_cpp_dir, gguf, n_prompt, n_new):
     return json.loads(result.stdout)[0]["avg_ts"]
 
 
-def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_new=128, n_prefill=512):
+def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_new=128, n_prefill=512, n_ragged_new=64):
     """Decode and prefill speed of gpt2.py, HuggingFace and the memory-bandwidth bound. Each round
     measures all of them one after the other, so that a slow spell of the machine hits all alike;
     the ratios are taken within a round, and the medians over rounds are printed.
@@ -275,7 +334,10 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
     figure leaves the prompt out: the bound is a cost per generated token, and the prompt's pass is
     measured on its own as prefill.
     With llama_cpp_dir (a llama.cpp source folder with llama-bench built in build/bin), llama.cpp's F32
-    token generation on the same weights joins each round."""
+    token generation on the same weights joins each round.
+    The batched part, in the same rounds: 8 and 32 samples of the prompt (sampling, seed fixed), in total
+    new tokens/s, against HuggingFace's num_return_sequences=8; and 8 prompts of 8 to 400 tokens, 64 new
+    tokens each, against the same prompts one by one and against HuggingFace with left padding."""
     import numpy as np
 
     import gpt2
@@ -288,6 +350,8 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
     rng = np.random.RandomState(1)
     prompt = rng.randint(0, hparams["n_vocab"], n_prompt).tolist()
     long_prompt = rng.randint(0, hparams["n_vocab"], n_prefill).tolist()
+    ragged = [rng.randint(0, hparams["n_vocab"], n).tolist() for n in np.linspace(8, 400, 8).astype(int)]
+    sampling = {"temperature": 1.0, "top_k": 0, "seed": 1, "stop_at_end_of_text": False}  # always n_new tokens
 
     def ours_time(ids, n_tokens):
         start = time.perf_counter()
@@ -298,6 +362,11 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
     ours_time(prompt, 8)  # warm up: the memory-mapped weights come into memory
     if hf is not None:
         hf_generate_time(hf, prompt, 8)
+
+    def ours_batch_time(prompts, n_tokens, **options):
+        start = time.perf_counter()
+        gpt2.generate_batch(prompts, params, n_head, n_tokens, **options)
+        return time.perf_counter() - start
 
     def decode_rate(time_for):  # tokens/s after the first token
         first = time_for(prompt, 1)
@@ -312,6 +381,13 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
             row["hf_prefill"] = n_prefill / hf_generate_time(hf, long_prompt, 1)
         if gguf is not None:
             row["llama_cpp_decode"] = llama_cpp_decode_rate(llama_cpp_dir, gguf, n_prompt, n_new)
+        for n_samples in (8, 32):
+            row[f"samples_{n_samples}"] = n_samples * n_new / ours_batch_time([prompt] * n_samples, n_new, **sampling)
+        row["ragged"] = ours_batch_time(ragged, n_ragged_new, stop_at_end_of_text=False)
+        row["ragged_one_by_one"] = sum(ours_time(ids, n_ragged_new) for ids in ragged)
+        if hf is not None:
+            row["hf_samples_8"] = 8 * n_new / hf_sample_time(hf, prompt, n_new, 8)
+            row["hf_ragged"] = hf_ragged_time(hf, ragged, n_ragged_new)
         rows.append(row)
 
     def median(fn):
@@ -330,11 +406,29 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
         f"  prefill ({n_prefill}-token prompt to first new token): gpt2.py {median(lambda r: r['prefill']):.0f} tokens/s "
         f"({n_prefill / median(lambda r: r['prefill']):.2f} s)"
     )
+    print(f"  many samples of the {n_prompt}-token prompt, {n_new} new tokens each (sampling), total new tokens/s:")
+    for key in ("samples_8", "samples_32"):
+        print(
+            f"    {key.split('_')[1]:>2} samples: gpt2.py {median(lambda r, key=key: r[key]):.1f} tokens/s "
+            f"= {median(lambda r, key=key: r[key] / r['decode']):.2f}x its batch-1 decode"
+        )
+    print(
+        f"  8 prompts of 8 to 400 tokens, {n_ragged_new} new tokens each: gpt2.py batched {median(lambda r: r['ragged']):.2f} s, "
+        f"one by one {median(lambda r: r['ragged_one_by_one']):.2f} s: {median(lambda r: r['ragged_one_by_one'] / r['ragged']):.2f}x"
+    )
     if hf is None:
         print(
             "  (transformers is not installed: no HuggingFace figures, and no llama.cpp ones, whose model file it writes)"
         )
         return
+    print(
+        f"  8 samples: HuggingFace num_return_sequences=8 {median(lambda r: r['hf_samples_8']):.1f} tokens/s; "
+        f"gpt2.py is {median(lambda r: r['samples_8'] / r['hf_samples_8']):.2f}x"
+    )
+    print(
+        f"  8 ragged prompts: HuggingFace, padded at the left, {median(lambda r: r['hf_ragged']):.2f} s; "
+        f"gpt2.py is {median(lambda r: r['hf_ragged'] / r['ragged']):.2f}x"
+    )
     print(
         f"  decode:  HuggingFace {median(lambda r: r['hf_decode']):.1f} tokens/s; gpt2.py is {median(lambda r: r['decode'] / r['hf_decode']):.2f}x"
     )
@@ -350,17 +444,26 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
         )
 
 
+def bench_memory(models_dir):
+    """Peak RSS of the command line making one sample and eight, 128 new tokens each."""
+    command = [sys.executable, "gpt2.py", "Hello", "-n", "128", "--temperature", "1", "--models_dir", models_dir]
+    one, eight = peak_rss_megabytes(command), peak_rss_megabytes(command + ["--n_samples", "8"])
+    print(f"peak RSS of python gpt2.py 'Hello' -n 128: {one:.0f} MB; with --n_samples 8: {eight:.0f} MB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["decode", "score", "load", "encoder"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     parser.add_argument("--llama_cpp", help="a llama.cpp source folder with llama-bench built: compare decode with it")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of the generation part (default 7)")
     args = parser.parse_args()
     machine_summary()
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or tmp
         if args.only in (None, "decode"):
-            bench_generation(models_dir, args.llama_cpp)
+            bench_generation(models_dir, args.llama_cpp, args.rounds)
+            bench_memory(models_dir)
         if args.only in (None, "score"):
             bench_score(models_dir)
         if args.only in (None, "load"):

@@ -41,6 +41,7 @@ ATTEMPTS = 4  # tries of one file: failed connections, 5xx answers, and transfer
 BACKOFF = 1.0  # seconds before the second try, doubled before each later one
 CONVERTED_DIR = "npy"
 MANIFEST = "manifest.json"
+LAYOUT = 2  # in the manifest: a copy made with another layout of the arrays is rebuilt
 
 
 def check_model_size(model_size):
@@ -242,9 +243,11 @@ def convert_checkpoint(model_dir, hparams):
                 raise ValueError(
                     f"the checkpoint in {model_dir} has {key} of shape {array.shape}, hparams.json asks for {shapes.get(key)}"
                 )
-            if key.endswith(".w"):
+            if key.endswith(".w") or key == "wte":
                 # Same [n_in, n_out] array, stored column by column: generating one token multiplies a
                 # vector by each matrix, and BLAS streams that product faster along contiguous columns.
+                # wte too, whose transpose is the output layer's matrix: a token's row is then read
+                # scattered, but that is one row per token against the whole matrix per token.
                 array = np.asfortranarray(array)
             np.save(os.path.join(tmp_dir, f"{key}.npy"), array)
         tensor_files = [f"{key}.npy" for key in shapes]
@@ -253,7 +256,11 @@ def convert_checkpoint(model_dir, hparams):
             raise ValueError(
                 f"the checkpoint in {model_dir} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
             )
-        manifest = {"source": file_stamps(model_dir, CHECKPOINT_FILES), "tensors": file_stamps(tmp_dir, tensor_files)}
+        manifest = {
+            "layout": LAYOUT,
+            "source": file_stamps(model_dir, CHECKPOINT_FILES),
+            "tensors": file_stamps(tmp_dir, tensor_files),
+        }
         with open(os.path.join(tmp_dir, MANIFEST), "w") as f:
             json.dump(manifest, f)
         converted_dir = os.path.join(model_dir, CONVERTED_DIR)
@@ -271,7 +278,7 @@ def load_converted(model_dir, hparams):
     try:
         with open(os.path.join(converted_dir, MANIFEST)) as f:
             manifest = json.load(f)
-        if manifest["source"] != file_stamps(model_dir, CHECKPOINT_FILES):
+        if manifest.get("layout") != LAYOUT or manifest["source"] != file_stamps(model_dir, CHECKPOINT_FILES):
             return None
         if manifest["tensors"] != file_stamps(converted_dir, [f"{key}.npy" for key in shapes]):
             return None

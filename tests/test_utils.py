@@ -51,6 +51,18 @@ def test_loads_openai_folder_exactly(models_copy, small_params):
     assert set(name for name in os.listdir(models_copy / "124M") if name.startswith(".")) <= {".lock"}  # no temporary
 
 
+def test_matrices_are_stored_column_by_column_and_older_layouts_rebuilt(models_copy, capfd):
+    _, _, params = utils.load_encoder_hparams_and_params("124M", str(models_copy))
+    assert params["wte"].flags.f_contiguous and params["blocks"][0]["mlp"]["c_fc"]["w"].flags.f_contiguous
+    manifest_path = models_copy / "124M" / "npy" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["layout"]  # as the copies made before wte was stored column by column
+    manifest_path.write_text(json.dumps(manifest))
+    utils.load_encoder_hparams_and_params("124M", str(models_copy))
+    assert "out of date" in capfd.readouterr().err
+    assert json.loads(manifest_path.read_text())["layout"] == utils.LAYOUT
+
+
 def test_second_load_needs_no_tensorflow(models_copy, small_params, tmp_path):
     code = (
         "import sys, numpy as np, utils\n"
