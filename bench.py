@@ -131,9 +131,8 @@ def bench_load(models_dir, repeat=5):
     print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1, start to end:   {cli:.2f} s")
 
 
-def bench_score(models_dir, n_tokens=4096, repeat=3, n_texts=64):
-    """Tokens/s of gpt2.score on a 4096-token text, with stride 1024 (no overlap) and 512; and 64 short
-    texts scored as --jsonl --score does (token_nlls_batches) against a loop of score()."""
+def bench_score(models_dir, n_tokens=4096, repeat=3):
+    """Tokens/s of gpt2.score on a 4096-token text, with stride 1024 (no overlap) and 512."""
     import numpy as np
 
     import gpt2
@@ -146,18 +145,6 @@ def bench_score(models_dir, n_tokens=4096, repeat=3, n_texts=64):
     for stride in (1024, 512):
         seconds = median_time(lambda stride=stride: gpt2.score(ids, params, hparams["n_head"], stride), repeat)
         print(f"  stride {stride}: {seconds:.2f} s, {n_tokens / seconds:.0f} tokens/s")
-    rng = np.random.RandomState(3)
-    texts = [rng.randint(0, hparams["n_vocab"], n).tolist() for n in rng.randint(50, 501, n_texts)]
-    total = sum(map(len, texts))
-    times = {"loop": [], "batched": []}
-    for _ in range(repeat):  # alternating, so that both see the machine alike
-        times["loop"].append(median_time(lambda: [gpt2.score(t, params, hparams["n_head"]) for t in texts], 1))
-        times["batched"].append(median_time(lambda: list(gpt2.token_nlls_batches(texts, params, hparams["n_head"])), 1))
-    loop, batched = statistics.median(times["loop"]), statistics.median(times["batched"])
-    print(f"scoring {n_texts} texts of 50 to 500 tokens ({total} in all), median of {repeat}:")
-    print(
-        f"  a loop of score(): {loop:.2f} s; as --jsonl --score does (token_nlls_batches): {batched:.2f} s, {loop / batched:.2f}x"
-    )
 
 
 def machine_summary():

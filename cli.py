@@ -203,22 +203,11 @@ def jsonl_scoring(encoder, params, n_head, source, records, stride, prepend_end_
             hint = "" if prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
             raise JsonlError(f"{source} line {number}: the text has {plural(len(ids), 'token')}; scoring needs 2{hint}")
         texts.append(ids)
-    done = 0
-    for batch in gpt2.token_nlls_batches(texts, params, n_head, stride):
-        results = []
-        for (_, record), ids, nlls in zip(records[done : done + len(batch)], texts[done:], batch):
-            nll = float(np.nanmean(nlls))  # as score() computes it
-            results.append(
-                {
-                    **record,
-                    "n_tokens": len(ids),
-                    "n_scored": int((~np.isnan(nlls)).sum()),
-                    "nll": nll,
-                    "perplexity": math.exp(nll),
-                }
-            )
-        write_jsonl(results)
-        done += len(batch)
+    for (_, record), ids in zip(records, texts):  # one at a time: scoring is compute-bound (see README)
+        nlls = gpt2.token_nlls(ids, params, n_head, stride)
+        nll = float(np.nanmean(nlls))  # as score() computes it
+        scored = int((~np.isnan(nlls)).sum())
+        write_jsonl([{**record, "n_tokens": len(ids), "n_scored": scored, "nll": nll, "perplexity": math.exp(nll)}])
 
 
 def interactive_loop(encoder, params, n_head, n_tokens_to_generate, show_probs, n_samples, batch_size, **sampling):

@@ -150,7 +150,7 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, pad=0):  # [..
     n_new, n_k = inputs.shape[-1], n_past + inputs.shape[-1]
     pad = np.asarray(pad)[..., None]  # [..., 1]
     positions = np.arange(n_past, n_k) - pad  # each row counts from its own first token: [..., n_new]
-    x = wte[inputs] + wpe[np.maximum(positions, 0)]  # [..., n_new] -> [..., n_new, n_embd]
+    x = wte[inputs] + wpe[positions]  # [..., n_new] -> [..., n_new, n_embd]
     empty = (np.arange(n_k) < pad) * np.float32(-1e10)  # hides a row's empty positions: [..., n_k]
     mask = causal_mask(n_new, n_k) + empty[..., None, None, :]  # [..., 1, n_new, n_k]
     for block, buffer in zip(blocks, buffers):
@@ -409,39 +409,6 @@ def token_nlls(inputs, params, n_head, stride=None):  # [n_seq] -> [n_seq]
         scored_until = end
         if end == len(inputs):
             break
-    return nlls
-
-
-def token_nlls_batches(texts, params, n_head, stride=None):
-    """token_nlls of each text (token-id lists), yielded in order as lists, a batch at a time. Texts
-    that fit the context are read together, several in one forward pass: rows padded at the right to
-    the longest (the padding comes after every real token, so the causal mask hides it from them), up to
-    n_ctx positions in all, the memory of one window of token_nlls."""
-    n_ctx = len(params["wpe"])
-    for ids in texts:  # all of them, before any work
-        if len(ids) < 2:
-            raise ValueError(f"scoring needs at least 2 tokens, not {len(ids)}: the first one is only context")
-    batch = []
-    for ids in texts:
-        if batch and (len(ids) > n_ctx or (len(batch) + 1) * max(len(ids), *map(len, batch)) > n_ctx):
-            yield padded_token_nlls(batch, params, n_head)
-            batch = []
-        if len(ids) > n_ctx:
-            yield [token_nlls(ids, params, n_head, stride)]
-        else:
-            batch.append(ids)
-    if batch:
-        yield padded_token_nlls(batch, params, n_head)
-
-
-def padded_token_nlls(texts, params, n_head):  # texts of at most n_ctx tokens -> their token_nlls
-    rows = np.zeros((len(texts), max(map(len, texts))), dtype=np.int64)  # [n_texts, n_seq], padded with id 0
-    for row, ids in zip(rows, texts):
-        row[: len(ids)] = ids
-    logits = gpt2(rows, **params, n_head=n_head)  # [n_texts, n_seq, n_vocab]
-    nlls = [np.full(len(ids), np.nan) for ids in texts]  # the first token is context only
-    for text_nlls, row, row_logits in zip(nlls, rows, logits):
-        text_nlls[1:] = next_token_nlls(row_logits[: len(text_nlls) - 1], row[1 : len(text_nlls)])
     return nlls
 
 
