@@ -5,6 +5,8 @@ generated, several samples under headers, the learners' view of the probabilitie
 out, and the interactive prompt.
 """
 
+import difflib
+import inspect
 import json
 import math
 import sys
@@ -20,6 +22,7 @@ from gpt2 import END_OF_TEXT, check_whole_number, plural
 DEFAULT_BATCH_SIZE = 16
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print them
 INTERACTIVE_PROMPT = "Model prompt >>> "
+N_CTX = 1024  # the context of every GPT-2
 
 
 def describe_choice(encoder, logits, token_id, n_candidates):
@@ -199,15 +202,22 @@ def jsonl_scoring(encoder, params, n_head, source, records, stride, prepend_end_
     texts = []
     for number, record in records:
         ids = [END_OF_TEXT] * bool(prepend_end_of_text) + encoder.encode(record["text"])
-        if len(ids) < 2:
-            hint = "" if prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
-            raise JsonlError(f"{source} line {number}: the text has {plural(len(ids), 'token')}; scoring needs 2{hint}")
+        try:
+            check_scorable(ids, prepend_end_of_text)
+        except ValueError as e:
+            raise JsonlError(f"{source} line {number}: {e}") from None
         texts.append(ids)
     for (_, record), ids in zip(records, texts):  # one at a time: scoring is compute-bound (see README)
         nlls = gpt2.token_nlls(ids, params, n_head, stride)
         nll = float(np.nanmean(nlls))  # as score() computes it
         scored = int((~np.isnan(nlls)).sum())
         write_jsonl([{**record, "n_tokens": len(ids), "n_scored": scored, "nll": nll, "perplexity": math.exp(nll)}])
+
+
+def check_scorable(ids, prepend_end_of_text):
+    if len(ids) < 2:
+        hint = "" if prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
+        raise ValueError(f"the text has {plural(len(ids), 'token')}; scoring needs 2, the first is only context{hint}")
 
 
 def interactive_loop(encoder, params, n_head, n_tokens_to_generate, show_probs, n_samples, batch_size, **sampling):
@@ -314,27 +324,10 @@ def main(
     """
     from utils import load_encoder_hparams_and_params
 
-    for name, value, low in (("show_probs", show_probs, 0), ("n_samples", n_samples, 1), ("batch_size", batch_size, 1)):
-        check_whole_number(name, value, low)
-    if not score:
-        check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
-    modes = [
-        name
-        for name, given in (
-            ("a prompt", prompt is not None),
-            ("--file", file is not None),
-            ("--jsonl", jsonl is not None),
-            ("--interactive", interactive),
-        )
-        if given
-    ]
-    if len(modes) > 1:
-        both = "both " if len(modes) == 2 else "all of "
-        raise ValueError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
-    if show_probs and (n_samples > 1 or jsonl is not None):
-        raise ValueError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
-    if score and (interactive or n_samples > 1):
-        raise ValueError("--score measures a given text: not with --interactive or --n_samples")
+    check_flags(
+        prompt, n_tokens_to_generate, model_size, temperature, top_k, top_p, seed, show_probs, file, score, stride,
+        n_samples, batch_size, jsonl, interactive,
+    )  # fmt: skip
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     if jsonl is not None:
         source, records = read_jsonl(str(jsonl), "text" if score else "prompt")
@@ -373,6 +366,7 @@ def main(
     input_ids = encoder.encode(text)
     if score:
         input_ids = [END_OF_TEXT] * bool(prepend_end_of_text) + input_ids
+        check_scorable(input_ids, prepend_end_of_text)
         return print_score(encoder, params, n_head, input_ids, stride, show_probs)
     return generate_text(
         encoder,
@@ -388,23 +382,170 @@ def main(
     )
 
 
+class UsageError(ValueError):
+    """A mistake in what the command line was given: exit code 2, before anything is loaded."""
+
+
+def check_flags(
+    prompt,
+    n_tokens_to_generate,
+    model_size,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    show_probs,
+    file,
+    score,
+    stride,
+    n_samples,
+    batch_size,
+    jsonl,
+    interactive,
+):
+    """Every value main() is given, before anything is loaded or downloaded. Every GPT-2 has the same
+    vocabulary and a context of 1024 tokens; a smaller model's context is checked once it is loaded."""
+    from utils import check_model_size
+
+    modes = {"a prompt": prompt is not None, "--file": file is not None, "--jsonl": jsonl is not None}
+    modes = [name for name, given in {**modes, "--interactive": interactive}.items() if given]
+    if not modes:
+        raise UsageError("give a prompt (or - to read standard input, --file PATH, --jsonl PATH or --interactive)")
+    if len(modes) > 1:
+        both = "both " if len(modes) == 2 else "all of "
+        raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
+    if show_probs and (n_samples > 1 or jsonl is not None):
+        raise UsageError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
+    if score and (interactive or n_samples > 1):
+        raise UsageError("--score measures a given text: not with --interactive or --n_samples")
+    try:
+        check_model_size(model_size)
+        for name, value, low in (
+            ("show_probs", show_probs, 0),
+            ("n_samples", n_samples, 1),
+            ("batch_size", batch_size, 1),
+        ):
+            check_whole_number(name, value, low)
+        if not score:
+            check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1, N_CTX)
+        if stride is not None:
+            check_whole_number("stride", stride, 1, N_CTX)
+        gpt2.check_sampling(temperature, top_k, top_p, seed, END_OF_TEXT + 1)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def fire_arguments(args):
+    """The command line's words as fire should get them, or a UsageError for a word main() does not take.
+    fire alone would run with a misspelt flag ignored (after downloading the model), and would read the
+    second word of an unquoted prompt as the value of n_tokens_to_generate."""
+    parameters = inspect.signature(main).parameters
+    switches = {name for name, parameter in parameters.items() if isinstance(parameter.default, bool)}
+    flags = {name for name in parameters if name not in switches} | switches | {f"no{name}" for name in switches}
+    result, positional, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-n" or arg.startswith("-n="):  # fire's short form of the only flag with an n, before n_samples
+            arg = "--n_tokens_to_generate" + arg[2:]
+        if arg.startswith("-") and arg != "-":
+            name, has_value, value = arg.lstrip("-").partition("=")
+            if not arg.startswith("--") or name not in flags:
+                close = difflib.get_close_matches(name, sorted(flags), n=1)
+                hint = f"; did you mean --{close[0]}?" if close else "; see --help"
+                raise UsageError(f"unknown flag {arg.partition('=')[0]}{hint}")
+            if not has_value and (name in switches or name.removeprefix("no") in switches):
+                result.append(arg)
+                i += 1
+                continue
+            if not has_value:
+                if i + 1 == len(args) or args[i + 1].startswith("--"):
+                    raise UsageError(f"--{name} needs a value")
+                i += 1
+                value = args[i]
+            # fire reads values as Python literals and a lone "-" as its separator of chained commands:
+            # text flags, and "-", go quoted, so that they arrive as typed
+            result.append(f"--{name}={repr(value) if name in TEXT_FLAGS or value == '-' else value}")
+            i += 1
+            continue
+        positional.append(arg)
+        if len(positional) > 1:
+            raise UsageError(
+                f"unexpected argument {arg!r}: a prompt of several words goes in quotes, as in "
+                f"python gpt2.py {' '.join(positional)!r}"
+            )
+        result.append(repr(arg))  # the prompt, exactly as typed (fire would read "42" as a number)
+        i += 1
+    return result
+
+
+TEXT_FLAGS = {"prompt", "model_size", "models_dir", "file", "jsonl"}
+METAVARS = {
+    "model_size": "SIZE",
+    "models_dir": "DIR",
+    "file": "PATH",
+    "jsonl": "PATH",
+    "temperature": "T",
+    "top_p": "P",
+}
+EXAMPLES = """\
+  python gpt2.py "Alan Turing theorized that computers would one day become" -n 8
+  python gpt2.py "The meaning of life is" --temperature 0.8 --top_k 40 --seed 1 -n 100
+  python gpt2.py "Once upon a time" --n_samples 4 --temperature 0.9 --seed 2
+  echo "Once upon a time" | python gpt2.py - -n 60
+  python gpt2.py "The capital of France is" -n 5 --show_probs 5
+  python gpt2.py --file essay.txt --score
+  python gpt2.py --jsonl prompts.jsonl -n 20 > completions.jsonl
+  python gpt2.py --interactive --temperature 0.8 --top_k 40"""
+
+
+def help_text():
+    """--help: main()'s docstring laid out for the terminal: every flag with its default and its whole
+    description (fire's own help cuts descriptions at a later line holding a colon)."""
+    doc = inspect.getdoc(main)
+    summary, args = doc.split("\n\nArgs:\n")
+    descriptions, name = {}, None
+    for line in args.splitlines():
+        if not line.startswith("        ") and ":" in line:
+            name, _, text = line.strip().partition(":")
+            descriptions[name] = [text.strip()]
+        else:
+            descriptions[name].append(line.strip())
+    lines = [
+        "usage: python gpt2.py PROMPT [flags]",
+        "       python gpt2.py (--file PATH | --jsonl PATH | --interactive) [flags]",
+        "",
+    ]
+    lines += [summary, "", "arguments:"]
+    for name, parameter in inspect.signature(main).parameters.items():
+        if name == "prompt":
+            heading = "  PROMPT"
+        elif isinstance(parameter.default, bool):
+            heading = f"  --{'no' if parameter.default else ''}{name}"
+        else:
+            short = "-n, " if name == "n_tokens_to_generate" else ""
+            default = "none" if parameter.default is None else parameter.default
+            heading = f"  {short}--{name} {METAVARS.get(name, 'N')}  (default: {default})"
+        lines += [heading, *(f"      {text}" for text in descriptions[name])]
+    return "\n".join([*lines, "", "examples:", EXAMPLES])
+
+
 def run():
     """`python gpt2.py ...`: main() through fire, with one clean line for each mistake."""
+    args = sys.argv[1:]
+    if "-h" in args or "--help" in args:
+        return print(help_text())
+    try:
+        args = fire_arguments(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     import fire
 
-    # fire reads every argument as a Python literal: "Hello, world" would arrive as a tuple and "42" as
-    # a number. Handed over as a quoted literal, the prompt arrives exactly as typed.
-    args = sys.argv[1:]
-    if args and (args[0] == "-" or not args[0].startswith("-")):
-        args[0] = repr(args[0])
-    # -n was fire's own short form of the only flag starting with n; --n_samples made it ambiguous
-    args = [f"--n_tokens_to_generate{arg[2:]}" if arg == "-n" or arg.startswith("-n=") else arg for arg in args]
-    # fire reads a lone "-" as its separator of chained commands: "--jsonl -" goes as "--jsonl=-"
-    for i in range(len(args) - 1, 0, -1):
-        if args[i] == "-" and args[i - 1].startswith("--") and "=" not in args[i - 1]:
-            args[i - 1 : i + 1] = [args[i - 1] + "=-"]
     try:
         fire.Fire(main, command=args, serialize=lambda result: None)  # main has printed it already
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (ValueError, OSError, ImportError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -14,6 +14,10 @@ path, sampling and scoring stay NumPy.
 """
 
 import math
+import sys
+
+if sys.version_info < (3, 10):  # noqa: UP036 (one clear line for the Pythons below the minimum)
+    sys.exit(f"error: gpt2.py needs Python 3.10 or newer, not {sys.version.split()[0]}")
 
 import numpy as np
 
@@ -222,6 +226,10 @@ def check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, 
             f"the prompt has {plural(len(inputs), 'token')} and {n_tokens_to_generate} more were asked for: "
             f"{len(inputs) + n_tokens_to_generate} is more than the model's context of {n_ctx} tokens"
         )
+    check_sampling(temperature, top_k, top_p, seed, n_vocab)
+
+
+def check_sampling(temperature, top_k, top_p, seed, n_vocab):
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"temperature must be a number of at least 0 (0 means greedy), not {temperature!r}")
     check_whole_number("top_k", top_k, 0, n_vocab)

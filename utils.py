@@ -122,31 +122,80 @@ def download_file(session, url, path):
             fetch(session, url, part_path)
             break
         except (requests.HTTPError, requests.exceptions.RetryError) as e:  # an answer no retry will change
-            raise OSError(f"could not download {name} from {url}: {e}") from None
+            raise OSError(f"could not download {name} from {url}: {plain_cause(e)}; {WHAT_TO_DO}") from None
         except (requests.RequestException, IncompleteDownload) as e:
             progressed = os.path.exists(part_path) and os.path.getsize(part_path) > had
             if not progressed or attempt == ATTEMPTS:  # (connection failures were retried by urllib3 already)
-                raise OSError(f"could not download {name} from {url}: {type(e).__name__}: {e}") from None
+                raise OSError(f"could not download {name} from {url}: {plain_cause(e)}; {WHAT_TO_DO}") from None
             time.sleep(BACKOFF * 2 ** (attempt - 1))  # it broke off midway: resume after a pause
+    finish(part_path, path, url)
+
+
+WHAT_TO_DO = "check the connection (or a proxy), or set GPT2_BASE_URL to a mirror or to a folder with the files"
+
+
+def plain_cause(error):
+    """What went wrong with a request, in a few plain words instead of urllib3's nested reprs."""
+    import requests
+
+    chain = repr(error)  # urllib3's errors are wrapped, and named only in the text
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"the server answered HTTP {error.response.status_code} {error.response.reason}"
+    if isinstance(error, requests.exceptions.RetryError):
+        return "the server kept answering with an error (HTTP 5xx)"
+    if "NameResolution" in chain or "getaddrinfo" in chain or "Name or service not known" in chain:
+        return "its host name could not be looked up (no network, or no DNS)"
+    if isinstance(error, requests.Timeout) or "timed out" in chain or "TimeoutError" in chain:
+        return "the server did not answer in time"
+    if "refused" in chain.lower():
+        return "the connection was refused"
+    if isinstance(error, IncompleteDownload):
+        return f"the transfer broke off ({error})"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "the transfer broke off before the end"
+    return f"the connection failed ({type(error).__name__})"
+
+
+def finish(part_path, path, source):
+    """Check a complete .part file and give it its final name."""
+    name = os.path.basename(path)
     expected_sha256 = TOKENIZER_SHA256.get(name)
     if expected_sha256 and sha256_of(part_path) != expected_sha256:
         os.remove(part_path)
-        raise OSError(f"{url} is not OpenAI's {name} (its sha256 differs); check GPT2_BASE_URL")
+        raise OSError(f"{source} is not OpenAI's {name} (its sha256 differs); check GPT2_BASE_URL")
     os.replace(part_path, path)
 
 
+def copy_file(source, path):
+    """download_file for GPT2_BASE_URL naming a folder: the same .part file, checks and rename."""
+    part_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.part")
+    try:
+        shutil.copyfile(source, part_path)
+    except OSError as e:
+        raise OSError(f"could not copy {source} (GPT2_BASE_URL is a folder): {e.strerror}") from None
+    finish(part_path, path, source)
+
+
 def download_gpt2_files(model_size, model_dir, files=FILES):
+    """OpenAI's files from GPT2_BASE_URL: a URL ({base}/{model_size}/{file}), or a folder laid out the same."""
     check_model_size(model_size)
-    base_url = os.environ.get("GPT2_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+    base = os.environ.get("GPT2_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
     os.makedirs(model_dir, exist_ok=True)
+    if base.startswith("file://") or "://" not in base:
+        for name in files:
+            copy_file(os.path.join(base.removeprefix("file://"), model_size, name), os.path.join(model_dir, name))
+        return
     with http_session() as session:
         for name in files:
-            download_file(session, f"{base_url}/{model_size}/{name}", os.path.join(model_dir, name))
+            download_file(session, f"{base}/{model_size}/{name}", os.path.join(model_dir, name))
 
 
 def sha256_of(path):
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def import_tensorflow():

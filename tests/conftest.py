@@ -94,7 +94,8 @@ def tiktoken_gpt2():
 @pytest.fixture(scope="session")
 def small_models_dir(tmp_path_factory, small_variables):
     """A models folder whose 124M holds the small random model in OpenAI's layout, already converted
-    (remove 124M/npy to test the first load). Tests that change files must copy it first (models_copy)."""
+    (remove 124M/npy to test the first load). Tests that only load it use it as it is; tests that
+    change files must copy it first (models_copy)."""
     from random_model import write_openai_model_dir
 
     from utils import load_encoder_hparams_and_params

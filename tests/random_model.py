@@ -36,6 +36,7 @@ def tiktoken_gpt2():
     from tiktoken_ext.openai_public import r50k_pat_str
 
     directory = tokenizer_dir()
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""  # the files are local: no copies of them in the temporary folder
     ranks = data_gym_to_mergeable_bpe_ranks(
         os.path.join(directory, "vocab.bpe"), os.path.join(directory, "encoder.json")
     )

@@ -1,5 +1,6 @@
 """`python gpt2.py ...` end to end on a small random model folder, and every kind of bad input."""
 
+import inspect
 import os
 import shutil
 import subprocess
@@ -43,8 +44,8 @@ def assert_clean_error(result, *fragments):
 
 
 @pytest.mark.parametrize("script", ["gpt2.py", "gpt2_pico.py"])
-def test_generates_the_same_text_as_hf(models_copy, golden, tiktoken_gpt2, script):
-    result = run_cli(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(models_copy), script=script)
+def test_generates_the_same_text_as_hf(small_models_dir, golden, tiktoken_gpt2, script):
+    result = run_cli(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(small_models_dir), script=script)
     assert result.returncode == 0, result.stderr
     assert result.stdout == tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist()) + "\n"
 
@@ -59,15 +60,15 @@ def test_first_load_prints_no_tensorflow_noise(models_copy):
 
 
 @pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", 'it\'s "quoted" \\'])
-def test_prompt_that_looks_like_python_stays_text(models_copy, hf_small, tiktoken_gpt2, prompt):
+def test_prompt_that_looks_like_python_stays_text(small_models_dir, hf_small, tiktoken_gpt2, prompt):
     """fire alone would hand main the number 42, the tuple ('Hello', 'world'), a list, None."""
-    result = run_cli(prompt, "--n_tokens_to_generate", "3", "--models_dir", str(models_copy))
+    result = run_cli(prompt, "--n_tokens_to_generate", "3", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, tiktoken_gpt2.encode_ordinary(prompt), 3) + "\n"
 
 
-def test_too_long_for_the_context(models_copy):
-    result = run_cli(PROMPT, "--n_tokens_to_generate", "60", "--models_dir", str(models_copy))
+def test_too_long_for_the_context(small_models_dir):
+    result = run_cli(PROMPT, "--n_tokens_to_generate", "60", "--models_dir", str(small_models_dir))
     assert_clean_error(result, "10 tokens", "60", "70", "context of 64 tokens")
 
 
@@ -78,8 +79,8 @@ def test_unknown_model_size(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "abc", "2.5"])
-def test_bad_n_tokens_to_generate(models_copy, value):
-    result = run_cli(PROMPT, "--n_tokens_to_generate", value, "--models_dir", str(models_copy))
+def test_bad_n_tokens_to_generate(small_models_dir, value):
+    result = run_cli(PROMPT, "--n_tokens_to_generate", value, "--models_dir", str(small_models_dir))
     assert_clean_error(result, "n_tokens_to_generate", value)
 
 
@@ -90,7 +91,7 @@ def test_no_network(tmp_path):
     assert set(os.listdir(tmp_path / "124M")) <= {".lock"}  # no empty or partial file under any name
 
 
-def test_main_streams_and_flushes_each_piece(models_copy, monkeypatch, golden, tiktoken_gpt2):
+def test_main_streams_and_flushes_each_piece(small_models_dir, monkeypatch, golden, tiktoken_gpt2):
     import io
 
     import gpt2
@@ -105,18 +106,18 @@ def test_main_streams_and_flushes_each_piece(models_copy, monkeypatch, golden, t
 
     out = RecordingStdout()
     monkeypatch.setattr(sys, "stdout", out)
-    text = gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=str(models_copy))
+    text = gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=str(small_models_dir))
     assert text == tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist())
     assert out.getvalue() == text + "\n"
     assert len(out.flushed) >= 8  # visible piece by piece, not all at the end
     assert [t for t in out.flushed if t] == sorted(t for t in out.flushed if t)  # each flush extends the last
 
 
-def test_prompt_from_stdin(models_copy):
-    expected = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy)).stdout
+def test_prompt_from_stdin(small_models_dir):
+    expected = run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir)).stdout
     for stdin in (PROMPT + "\n", PROMPT):  # as `echo` sends it, and without the newline
         result = subprocess.run(
-            [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "-n", "5", "--models_dir", str(models_copy)],
+            [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "-n", "5", "--models_dir", str(small_models_dir)],
             input=stdin.encode(),
             capture_output=True,
             timeout=300,
@@ -125,9 +126,9 @@ def test_prompt_from_stdin(models_copy):
         assert result.stdout.decode() == expected
 
 
-def test_non_utf8_stdin(models_copy):
+def test_non_utf8_stdin(small_models_dir):
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "--models_dir", str(models_copy)],
+        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "--models_dir", str(small_models_dir)],
         input=b"caf\xe9 au lait",
         capture_output=True,
         timeout=300,
@@ -136,19 +137,19 @@ def test_non_utf8_stdin(models_copy):
     assert_clean_error(result, "not UTF-8", "0xe9")
 
 
-def test_empty_prompt_starts_from_end_of_text(models_copy, hf_small, tiktoken_gpt2):
-    result = run_cli("", "-n", "4", "--models_dir", str(models_copy))
+def test_empty_prompt_starts_from_end_of_text(small_models_dir, hf_small, tiktoken_gpt2):
+    result = run_cli("", "-n", "4", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, [tiktoken_gpt2.eot_token], 4) + "\n"
 
 
-def test_sampling_flags_are_repeatable_with_a_seed(models_copy):
+def test_sampling_flags_are_repeatable_with_a_seed(small_models_dir):
     args = (
         PROMPT,
         "-n",
         "10",
         "--models_dir",
-        str(models_copy),
+        str(small_models_dir),
         "--temperature",
         "1.0",
         "--top_k",
@@ -161,15 +162,15 @@ def test_sampling_flags_are_repeatable_with_a_seed(models_copy):
     assert first.stdout == again.stdout != other.stdout
 
 
-def test_end_of_text_flag_is_accepted(models_copy):
-    default = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy))
-    result = run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy), "--nostop_at_end_of_text")
+def test_end_of_text_flag_is_accepted(small_models_dir):
+    default = run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir))
+    result = run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir), "--nostop_at_end_of_text")
     assert result.returncode == 0, result.stderr
     assert result.stdout == default.stdout  # fire takes the flag; what it does: test_sampling's end-of-text tests
 
 
-def test_show_probs(models_copy, golden, tiktoken_gpt2):
-    result = run_cli(PROMPT, "-n", "3", "--models_dir", str(models_copy), "--show_probs", "4")
+def test_show_probs(small_models_dir, golden, tiktoken_gpt2):
+    result = run_cli(PROMPT, "-n", "3", "--models_dir", str(small_models_dir), "--show_probs", "4")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     greedy = golden["greedy_ids"][:3].tolist()
@@ -186,28 +187,94 @@ def test_show_probs(models_copy, golden, tiktoken_gpt2):
     assert lines[-1] == tiktoken_gpt2.decode(greedy)
 
 
-def test_help_explains_every_flag():
-    result = run_cli("--help")
-    assert result.returncode == 0
-    for flag in (
-        "n_tokens_to_generate",
-        "model_size",
-        "models_dir",
-        "temperature",
-        "top_k",
-        "top_p",
-        "seed",
-        "stop_at_end_of_text",
-        "show_probs",
-    ):
-        assert f"--{flag}" in result.stdout + result.stderr
-    assert "standard input" in result.stdout + result.stderr and "repeatable" in result.stdout + result.stderr
+def docstring_descriptions(function):
+    """{argument: its description, white space folded} from the Args: section of a docstring."""
+    descriptions = {}
+    for line in inspect.getdoc(function).split("\nArgs:\n")[1].splitlines():
+        if not line.startswith("        "):
+            name, _, text = line.strip().partition(": ")
+            descriptions[name] = text
+        else:
+            descriptions[name] += " " + line.strip()
+    return {name: " ".join(text.split()) for name, text in descriptions.items()}
+
+
+def test_help_explains_every_flag_in_full():
+    import cli
+
+    descriptions = docstring_descriptions(cli.main)
+    assert list(descriptions) == list(inspect.signature(cli.main).parameters)
+    for flag in ("--help", "-h"):
+        result = run_cli(PROMPT, flag)
+        assert result.returncode == 0 and result.stderr == ""
+        assert result.stdout.startswith("usage: python gpt2.py PROMPT") and "INFO" not in result.stdout
+        shown = " ".join(result.stdout.split())
+        for name, parameter in inspect.signature(cli.main).parameters.items():
+            assert descriptions[name] in shown, name  # whole, not cut at a colon
+            if name == "prompt":
+                assert "\n  PROMPT\n" in result.stdout
+            elif isinstance(parameter.default, bool):
+                assert f"\n  --{'no' if parameter.default else ''}{name}\n" in result.stdout
+            else:
+                default = "none" if parameter.default is None else parameter.default
+                assert f"--{name} " in result.stdout and f"(default: {default})" in result.stdout
+        assert "\nexamples:\n" in result.stdout
+
+
+def test_unknown_flag_is_refused_before_any_work(model_server, tmp_path):
+    result = run_cli(
+        PROMPT, "--temprature", "0.8", "-n", "3", "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": model_server.url}
+    )
+    assert_clean_error(result, "error: unknown flag --temprature; did you mean --temperature?")
+    assert result.returncode == 2
+    assert model_server.requests == [] and os.listdir(tmp_path) == []  # nothing asked of the network, nothing written
+    result = run_cli(PROMPT, "-x", "--models_dir", str(tmp_path))
+    assert_clean_error(result, "unknown flag -x; see --help")
+    assert result.returncode == 2
+
+
+def test_unquoted_prompt_of_two_words_suggests_quotes(tmp_path):
+    result = run_cli("Hello", "world", "--models_dir", str(tmp_path))
+    assert_clean_error(result, "unexpected argument 'world'", "python gpt2.py 'Hello world'")
+    assert result.returncode == 2 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        ((PROMPT, "--temperature", "-1"), 2),  # a bad value
+        ((), 2),  # no prompt
+        ((PROMPT, "--file", "notes.txt"), 2),  # two sources of text
+        ((PROMPT, "--seed"), 2),  # a flag without its value
+        ((PROMPT,), 1),  # no network: a failure at run time
+    ],
+)
+def test_exit_codes(tmp_path, args, code):
+    result = run_cli(*args, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": closed_port_url()})
+    assert_clean_error(result)
+    assert result.returncode == code
+
+
+def test_text_flags_arrive_as_typed(small_models_dir, tmp_path):
+    """fire alone would hand main the number 2024 for --models_dir 2024, and a list for "[models]"."""
+    for name in ("2024", "[models]", "1e5"):
+        shutil.copytree(small_models_dir, tmp_path / name)
+        for args in (("--models_dir", name), (f"--models_dir={name}",)):
+            result = subprocess.run(
+                [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), PROMPT, "-n", "2", *args],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                timeout=300,
+            )
+            assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(
     "flag, value, fragment",
     [
         ("--temperature", "-1", "temperature"),
+        ("--temperature", "hot", "temperature"),
         ("--top_k", "-1", "top_k"),
         ("--top_k", "50258", "top_k"),
         ("--top_p", "0", "top_p"),
@@ -215,7 +282,23 @@ def test_help_explains_every_flag():
         ("--seed", "1.5", "seed"),
         ("--seed", "abc", "seed"),
         ("--show_probs", "-1", "show_probs"),
+        ("--stride", "0", "stride"),
+        ("--n_tokens_to_generate", "2000", "n_tokens_to_generate"),
     ],
 )
-def test_bad_sampling_flags(models_copy, flag, value, fragment):
-    assert_clean_error(run_cli(PROMPT, flag, value, "--models_dir", str(models_copy)), fragment, value)
+def test_bad_values_are_refused_before_any_work(model_server, tmp_path, flag, value, fragment):
+    result = run_cli(PROMPT, flag, value, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": model_server.url})
+    assert_clean_error(result, fragment, value)
+    assert result.returncode == 2
+    assert model_server.requests == [] and os.listdir(tmp_path) == []
+
+
+def test_python_below_3_10_gets_one_clear_line():
+    import glob
+
+    old_pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[89].*/bin/python")))
+    if not old_pythons:
+        pytest.skip("no Python 3.8 or 3.9 installed through pyenv here")
+    old_python = old_pythons[-1]
+    result = subprocess.run([old_python, os.path.join(REPO_DIR, "gpt2.py"), PROMPT], capture_output=True, text=True)
+    assert_clean_error(result, "error: gpt2.py needs Python 3.10 or newer, not 3.")

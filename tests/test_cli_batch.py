@@ -35,29 +35,29 @@ def samples(stdout, n):
     return ["\n".join(lines[a + 1 : b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
 
 
-def test_n_samples_format_seed_and_batch_size(models_copy, small_params, encoder):
+def test_n_samples_format_seed_and_batch_size(small_models_dir, small_params, encoder):
     args = (PROMPT, "-n", "12", "--n_samples", "5", "--temperature", "1", "--top_k", "50", "--seed", "7")
-    first = run_cli(*args, "--models_dir", str(models_copy))
+    first = run_cli(*args, "--models_dir", str(small_models_dir))
     assert first.returncode == 0, first.stderr
     texts = samples(first.stdout, 5)
     assert len(set(texts)) == 5  # samples of one prompt differ
     ids = gpt2.generate_batch([encoder.encode(PROMPT)] * 5, small_params, N_HEAD, 12, temperature=1.0, top_k=50, seed=7)
     assert texts == [encoder.decode(row) for row in ids]
     for batch_size in ("1", "2", "16"):  # speed and memory, never the text
-        again = run_cli(*args, "--batch_size", batch_size, "--models_dir", str(models_copy))
+        again = run_cli(*args, "--batch_size", batch_size, "--models_dir", str(small_models_dir))
         assert again.stdout == first.stdout
-    other_seed = run_cli(*args[:-1], "8", "--models_dir", str(models_copy))
+    other_seed = run_cli(*args[:-1], "8", "--models_dir", str(small_models_dir))
     assert samples(other_seed.stdout, 5) != texts
 
 
-def test_greedy_samples_are_identical_and_said_so(models_copy, golden, tiktoken_gpt2):
-    result = run_cli(PROMPT, "-n", "8", "--n_samples", "3", "--models_dir", str(models_copy))
+def test_greedy_samples_are_identical_and_said_so(small_models_dir, golden, tiktoken_gpt2):
+    result = run_cli(PROMPT, "-n", "8", "--n_samples", "3", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     assert samples(result.stdout, 3) == [tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist())] * 3
     assert len(result.stderr.strip().splitlines()) == 1 and "identical" in result.stderr
 
 
-def test_jsonl_generation_keeps_keys_and_order(models_copy, tmp_path, golden, tiktoken_gpt2):
+def test_jsonl_generation_keeps_keys_and_order(small_models_dir, tmp_path, golden, tiktoken_gpt2):
     records = [
         {"id": "b", "prompt": PROMPT, "meta": {"source": ["x", 1]}},
         {"prompt": "", "id": 7},
@@ -65,7 +65,7 @@ def test_jsonl_generation_keeps_keys_and_order(models_copy, tmp_path, golden, ti
     ]
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")  # a blank line is skipped
-    result = run_cli("--jsonl", str(path), "-n", "8", "--n_samples", "2", "--models_dir", str(models_copy))
+    result = run_cli("--jsonl", str(path), "-n", "8", "--n_samples", "2", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(line["id"], line["sample"]) for line in lines] == [("b", 1), ("b", 2), (7, 1), (7, 2), ("a", 1), ("a", 2)]
@@ -74,20 +74,20 @@ def test_jsonl_generation_keeps_keys_and_order(models_copy, tmp_path, golden, ti
     assert lines[0]["completion"] == lines[1]["completion"] == tiktoken_gpt2.decode(greedy)
     assert lines[0]["n_tokens"] == 8
     for line in lines[2:]:  # each the same as that prompt alone on the command line
-        alone = run_cli(line["prompt"], "-n", "8", "--models_dir", str(models_copy))
+        alone = run_cli(line["prompt"], "-n", "8", "--models_dir", str(small_models_dir))
         assert line["completion"] + "\n" == alone.stdout
     from_stdin = run_with_stdin(
-        path.read_text(), "--jsonl", "-", "-n", "8", "--n_samples", "2", "--models_dir", str(models_copy)
+        path.read_text(), "--jsonl", "-", "-n", "8", "--n_samples", "2", "--models_dir", str(small_models_dir)
     )
     assert from_stdin.stdout.decode() == result.stdout
 
 
-def test_jsonl_scoring_equals_score_alone(models_copy, tmp_path, small_params, encoder):
+def test_jsonl_scoring_equals_score_alone(small_models_dir, tmp_path, small_params, encoder):
     texts = [PROMPT, "Hello there.", (PROMPT + ". ") * 12, "A b", PROMPT[::-1]]  # the third is several windows long
     assert len(encoder.encode(texts[2])) > SMALL_HPARAMS["n_ctx"]
     path = tmp_path / "texts.jsonl"
     path.write_text("".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
-    result = run_cli("--jsonl", str(path), "--score", "--stride", "32", "--models_dir", str(models_copy))
+    result = run_cli("--jsonl", str(path), "--score", "--stride", "32", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["n"] for line in lines] == list(range(len(texts)))
@@ -109,47 +109,51 @@ def test_jsonl_scoring_equals_score_alone(models_copy, tmp_path, small_params, e
         ('{"prompt": "a"}\n{"prompt": "' + " ".join(["word"] * 70) + '"}\n', "line 2: the prompt has 70 tokens"),
     ],
 )
-def test_jsonl_bad_lines(models_copy, tmp_path, content, fragment):
+def test_jsonl_bad_lines(small_models_dir, tmp_path, content, fragment):
     path = tmp_path / "bad.jsonl"
     path.write_text(content, encoding="utf-8")
-    result = run_cli("--jsonl", str(path), "-n", "3", "--models_dir", str(models_copy))
+    result = run_cli("--jsonl", str(path), "-n", "3", "--models_dir", str(small_models_dir))
     assert_clean_error(result, f"error: {path} {fragment}")
     assert result.returncode == 1
 
 
-def test_jsonl_bad_lines_for_scoring(models_copy, tmp_path):
+def test_jsonl_bad_lines_for_scoring(small_models_dir, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "Hello world"}\n{"text": "Hello"}\n', encoding="utf-8")
-    result = run_cli("--jsonl", str(path), "--score", "--models_dir", str(models_copy))
+    result = run_cli("--jsonl", str(path), "--score", "--models_dir", str(small_models_dir))
     assert_clean_error(result, f"{path} line 2: the text has 1 token", "--prepend_end_of_text")
-    result = run_with_stdin('{"prompt": "Hello world"}\n', "--jsonl", "-", "--score", "--models_dir", str(models_copy))
+    result = run_with_stdin(
+        '{"prompt": "Hello world"}\n', "--jsonl", "-", "--score", "--models_dir", str(small_models_dir)
+    )
     assert result.returncode == 1 and result.stdout == b""
     assert result.stderr.decode() == 'error: standard input line 1: no "text" key\n'
 
 
-def test_interactive_through_piped_input(models_copy):
+def test_interactive_through_piped_input(small_models_dir):
     prompts = [PROMPT, "", "Hello, world"]
-    result = run_with_stdin("\n".join(prompts) + "\n", "--interactive", "-n", "6", "--models_dir", str(models_copy))
+    result = run_with_stdin(
+        "\n".join(prompts) + "\n", "--interactive", "-n", "6", "--models_dir", str(small_models_dir)
+    )
     assert result.returncode == 0, result.stderr
     expected = ""
     for prompt in prompts:
         expected += "Model prompt >>> "
         if prompt:  # an empty line asks again
-            expected += run_cli(prompt, "-n", "6", "--models_dir", str(models_copy)).stdout
+            expected += run_cli(prompt, "-n", "6", "--models_dir", str(small_models_dir)).stdout
     assert result.stdout.decode() == expected + "Model prompt >>> \n"  # then the end of input ends it
 
 
-def test_interactive_samples(models_copy):
-    args = ("-n", "5", "--n_samples", "2", "--temperature", "1", "--seed", "3", "--models_dir", str(models_copy))
+def test_interactive_samples(small_models_dir):
+    args = ("-n", "5", "--n_samples", "2", "--temperature", "1", "--seed", "3", "--models_dir", str(small_models_dir))
     result = run_with_stdin(PROMPT + "\n", "--interactive", *args)
     assert result.returncode == 0, result.stderr
     alone = run_cli(PROMPT, *args).stdout
     assert result.stdout.decode() == "Model prompt >>> " + alone + "Model prompt >>> \n"
 
 
-def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(models_copy):
+def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(small_models_dir):
     process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "--interactive", "--models_dir", str(models_copy)],
+        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "--interactive", "--models_dir", str(small_models_dir)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -110,10 +110,10 @@ def perplexity_line(output):
     return float(output.strip().splitlines()[-1].removeprefix("perplexity: "))
 
 
-def test_cli_scores_a_string_a_file_and_stdin(models_copy, small_params, encoder, tmp_path):
+def test_cli_scores_a_string_a_file_and_stdin(small_models_dir, small_params, encoder, tmp_path):
     text = (PROMPT + ". ") * 30  # several windows long
     expected = math.exp(gpt2.score(encoder.encode(text), small_params, N_HEAD, 20))
-    args = ("--score", "--stride", "20", "--models_dir", str(models_copy))
+    args = ("--score", "--stride", "20", "--models_dir", str(small_models_dir))
     from_string = run_cli(text, *args)
     assert from_string.returncode == 0, from_string.stderr
     assert perplexity_line(from_string.stdout) == pytest.approx(expected, rel=1e-4)
@@ -128,17 +128,17 @@ def test_cli_scores_a_string_a_file_and_stdin(models_copy, small_params, encoder
     assert piped.stdout.decode() == from_string.stdout
 
 
-def test_cli_prepend_end_of_text_scores_the_first_token(models_copy, small_params, encoder):
+def test_cli_prepend_end_of_text_scores_the_first_token(small_models_dir, small_params, encoder):
     ids = encoder.encode(PROMPT)
-    result = run_cli(PROMPT, "--score", "--prepend_end_of_text", "--models_dir", str(models_copy))
+    result = run_cli(PROMPT, "--score", "--prepend_end_of_text", "--models_dir", str(small_models_dir))
     assert f"{len(ids) + 1} tokens, {len(ids)} scored" in result.stdout
     expected = math.exp(gpt2.score([gpt2.END_OF_TEXT] + ids, small_params, N_HEAD))
     assert perplexity_line(result.stdout) == pytest.approx(expected, rel=1e-4)
 
 
-def test_cli_shows_each_token_for_learners(models_copy, small_params, encoder):
+def test_cli_shows_each_token_for_learners(small_models_dir, small_params, encoder):
     ids = encoder.encode(PROMPT)
-    result = run_cli(PROMPT, "--score", "--show_probs", "1", "--models_dir", str(models_copy))
+    result = run_cli(PROMPT, "--score", "--show_probs", "1", "--models_dir", str(small_models_dir))
     lines = result.stdout.splitlines()
     token_lines = lines[1 : 1 + len(ids)]
     assert "(context only)" in token_lines[0]
@@ -147,22 +147,25 @@ def test_cli_shows_each_token_for_learners(models_copy, small_params, encoder):
         assert f"{math.exp(-nll):.1%}" in line and f"{nll / math.log(2):.1f} bits" in line
 
 
-def test_cli_generation_is_unchanged_by_the_new_flags(models_copy):
+def test_cli_generation_is_unchanged_by_the_new_flags(small_models_dir):
     assert (
-        run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy), "--stride", "3").stdout
-        == run_cli(PROMPT, "-n", "5", "--models_dir", str(models_copy)).stdout
+        run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir), "--stride", "3").stdout
+        == run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir)).stdout
     )
 
 
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (("Hello", "--score"), "at least 2 tokens"),
+        (
+            ("Hello", "--score"),
+            "the text has 1 token; scoring needs 2, the first is only context (--prepend_end_of_text",
+        ),
         ((PROMPT, "--score", "--stride", "0"), "stride"),
         ((PROMPT, "--score", "--stride", "65"), "stride"),
         (("--score", "--file", "/nonexistent/text.txt"), "cannot read /nonexistent/text.txt"),
         ((PROMPT, "--score", "--file", "x.txt"), "not both"),
     ],
 )
-def test_cli_bad_input(models_copy, args, fragment):
-    assert_clean_error(run_cli(*args, "--models_dir", str(models_copy)), fragment)
+def test_cli_bad_input(small_models_dir, args, fragment):
+    assert_clean_error(run_cli(*args, "--models_dir", str(small_models_dir)), fragment)
