@@ -140,6 +140,10 @@ def print_score(encoder, params, n_head, input_ids, stride, show_probs):
 # that an "id" stays with its result. Generation reads "prompt", scoring "text".
 
 
+class JsonlError(ValueError):
+    """A line of the JSON Lines input is not what it should be."""
+
+
 def read_jsonl(path, field):
     """The objects of a JSON Lines file ("-": standard input), each checked to hold the text field.
     Blank lines are skipped. A bad line stops everything with its line number, before any model work."""
@@ -161,10 +165,6 @@ def read_jsonl(path, field):
             raise JsonlError(f'{source} line {number}: "{field}" is not a string but {type(record[field]).__name__}')
         records.append((number, record))
     return source, records
-
-
-class JsonlError(ValueError):
-    """A line of the JSON Lines input is not what it should be."""
 
 
 def write_jsonl(records):

@@ -1,9 +1,10 @@
-"""GPT-2 in NumPy: the forward pass as small pure functions, greedy generation, and a command line.
+"""GPT-2 in NumPy: the forward pass as small pure functions, generation, scoring, and `python gpt2.py`.
 
     python gpt2.py "Alan Turing theorized that computers would one day become" --n_tokens_to_generate 8
 
 Read it top to bottom: the building blocks first, then one transformer block, then the whole model.
-Shapes are in the comments: n_seq tokens, n_embd features, n_head heads, n_vocab vocabulary entries.
+Shapes are in the comments: n_seq tokens, n_embd features, n_head heads, n_vocab vocabulary entries;
+`...` stands for leading axes, none for one text and [n_batch] for rows of several.
 Every array is float32; constants are Python floats, because a NumPy float64 scalar such as
 np.sqrt(2 / np.pi) would silently turn float32 arrays into slower float64 ones.
 
@@ -103,9 +104,7 @@ def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [..., n_seq, n_embd]
         kv = buffer[..., : n_past + n_seq, :]  # [..., 2*n_head, n_past + n_seq, d]
     k, v = kv[..., :n_head, :, :], kv[..., n_head:, :, :]  # each [..., n_head, n_k, d], n_k = n_past + n_seq
     out = attention(q, k, v, mask)  # [..., n_head, n_seq, d]
-    out = out.swapaxes(-3, -2).reshape(
-        *batch, n_seq, n_embd
-    )  # merge heads: [..., n_seq, n_head, d] -> [..., n_seq, n_embd]
+    out = out.swapaxes(-3, -2).reshape(*batch, n_seq, n_embd)  # merge heads: [..., n_seq, n_embd]
     return linear(out, **c_proj)  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
 
 
@@ -278,6 +277,12 @@ def generate(inputs, params, n_head, n_tokens_to_generate, **sampling):
     return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **sampling)]
 
 
+def check_prompts(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
+    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
+    for inputs in prompts:
+        check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+
+
 def generate_batch_stream(
     prompts,
     params,
@@ -294,9 +299,7 @@ def generate_batch_stream(
     step for all rows still running. Yields, at each step, [(row, token id, logits)] for the rows that
     took a token. Row i draws its samples from its own random stream, made from the seed and
     first_row + i: the same at any batch size and beside any other rows."""
-    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
-    for inputs in prompts:
-        check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    check_prompts(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     rngs = [
         np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(first_row + i,))) for i in range(len(prompts))
     ]
@@ -342,9 +345,7 @@ def generate_batches(
     batch_size=None,
 ):
     """generate_batch, batch_size prompts at a time: yields the list of new ids of each batch in turn."""
-    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
-    for inputs in prompts:  # all of them, before any work
-        check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    check_prompts(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)  # all, before any work
     if batch_size is not None:
         check_whole_number("batch_size", batch_size, 1)
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "stop_at_end_of_text": stop_at_end_of_text}
