@@ -108,7 +108,8 @@ def seconds_in_fresh_process(code):
 
 
 def bench_load(models_dir, repeat=5):
-    """Loading the 124M-shaped folder: the first time (conversion with TensorFlow) and later (mmap)."""
+    """Loading the 124M-shaped folder: the first time (checkpoint.py reads and checks the checkpoint, then
+    the .npy copy is written) and later (mmap)."""
     model_dir = make_random_model(models_dir)
     load = f"import utils\nutils.load_encoder_hparams_and_params('124M', {models_dir!r})"
     first = []
@@ -121,7 +122,7 @@ def bench_load(models_dir, repeat=5):
     command = [sys.executable, "gpt2.py", "Hello", "--n_tokens_to_generate", "1", "--models_dir", models_dir]
     cli = median_time(lambda: subprocess.run(command, cwd=REPO_DIR, check=True, capture_output=True), repeat)
     print(f"load of the 124M-shaped model, medians of {repeat} runs (first load: of 3):")
-    print(f"  first load, TensorFlow converts the checkpoint (fresh process):  {statistics.median(first):.2f} s")
+    print(f"  first load, the checkpoint converted (fresh process):          {statistics.median(first):.2f} s")
     print(
         f"  later loads, memory-mapped .npy: load_encoder_hparams_and_params {statistics.median(cached_call) * 1e3:.0f} ms"
     )

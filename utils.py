@@ -1,9 +1,9 @@
-"""Get OpenAI's GPT-2 files and turn the TensorFlow checkpoint into NumPy arrays.
+"""Get OpenAI's GPT-2 files and turn their TensorFlow checkpoint into NumPy arrays, without TensorFlow.
 
 The first load of a model downloads its seven files into models_dir/model_size and converts the
-checkpoint with TensorFlow into one .npy file per tensor, in models_dir/model_size/npy. Every later
-load checks the files cheaply and memory-maps those .npy files: no TensorFlow, no copy, a few
-milliseconds. A missing or damaged file is downloaded again; a file that stays wrong is named in
+checkpoint (read by checkpoint.py, every tensor's checksum verified) into one .npy file per tensor, in
+models_dir/model_size/npy. Every later load checks the files cheaply and memory-maps those .npy
+files: no copy, a few milliseconds. A missing or damaged file is downloaded again; a file that stays wrong is named in
 the error, with what to do.
 """
 
@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+import checkpoint
+from checkpoint import CheckpointError
 from encoder import get_encoder
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
@@ -54,10 +56,6 @@ def give_usual_permissions(directory):
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(directory, 0o777 & ~umask)
-
-
-class CheckpointError(OSError):
-    """TensorFlow could not read the checkpoint files."""
 
 
 class IncompleteDownload(OSError):
@@ -198,22 +196,6 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def import_tensorflow():
-    """Import TensorFlow without its start-up log lines (C++ messages that go straight to stderr)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    stderr_fd = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ImportError("TensorFlow is needed once, to convert the checkpoint: pip install tensorflow") from None
-    finally:
-        os.dup2(stderr_fd, 2)
-        os.close(stderr_fd)
-    return tf
-
-
 def tensor_key(tf_name):
     """OpenAI's variable name -> our flat key: "model/h3/attn/c_attn/w" -> "blocks.3.attn.c_attn.w"."""
     parts = tf_name.removeprefix("model/").split("/")
@@ -269,16 +251,12 @@ def file_stamps(directory, names):
 
 
 def read_checkpoint(ckpt_path):
-    """Yield (flat key, float32 array) for each tensor of OpenAI's TensorFlow checkpoint, one at a time."""
-    tf = import_tensorflow()
-    try:
-        for name, _ in tf.train.list_variables(ckpt_path):
-            array = np.asarray(tf.train.load_variable(ckpt_path, name), dtype=np.float32)
-            if array.ndim == 3 and array.shape[0] == 1:  # OpenAI stores conv weights as [1, n_in, n_out]
-                array = array[0]
-            yield tensor_key(name), array
-    except (tf.errors.OpError, IndexError) as e:  # a truncated data file gives IndexError
-        raise CheckpointError(f"TensorFlow cannot read the checkpoint {ckpt_path} ({type(e).__name__})") from None
+    """Yield (flat key, float32 array) for each tensor of OpenAI's TensorFlow checkpoint, one at a time,
+    each checked against its crc32c (checkpoint.py reads the format)."""
+    for name, array in checkpoint.read_tensors(ckpt_path):
+        if array.ndim == 3 and array.shape[0] == 1:  # OpenAI stores conv weights as [1, n_in, n_out]
+            array = array[0]
+        yield tensor_key(name), array
 
 
 def convert_checkpoint(model_dir, hparams):
@@ -289,7 +267,7 @@ def convert_checkpoint(model_dir, hparams):
     try:
         for key, array in read_checkpoint(os.path.join(model_dir, "model.ckpt")):
             if array.shape != shapes.get(key):
-                raise ValueError(
+                raise CheckpointError(
                     f"the checkpoint in {model_dir} has {key} of shape {array.shape}, hparams.json asks for {shapes.get(key)}"
                 )
             if key.endswith(".w") or key == "wte":
@@ -302,7 +280,7 @@ def convert_checkpoint(model_dir, hparams):
         tensor_files = [f"{key}.npy" for key in shapes]
         missing = [name for name in tensor_files if not os.path.exists(os.path.join(tmp_dir, name))]
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"the checkpoint in {model_dir} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
             )
         manifest = {

@@ -102,11 +102,25 @@ def nested_params(variables, n_layer):
     }
 
 
+def import_tensorflow():
+    """Import TensorFlow without its start-up log lines (C++ messages that go straight to stderr)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    stderr_fd = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError("the tests write checkpoints with TensorFlow: pip install -r requirements-test.txt") from None
+    finally:
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+    return tf
+
+
 def write_openai_model_dir(model_dir, hparams, variables):
     """The seven files of OpenAI's release: a TF1 checkpoint saved with tf.compat.v1.train.Saver under
     OpenAI's variable names, hparams.json, and the real tokenizer files."""
-    from utils import import_tensorflow
-
     tf = import_tensorflow()
     os.makedirs(model_dir, exist_ok=True)
     with tf.Graph().as_default():
