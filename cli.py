@@ -9,6 +9,7 @@ import difflib
 import inspect
 import json
 import math
+import signal
 import sys
 
 import numpy as np
@@ -529,8 +530,19 @@ def help_text():
     return "\n".join([*lines, "", "examples:", EXAMPLES])
 
 
+class Terminated(BaseException):
+    """SIGTERM (docker stop, systemd) or SIGHUP (a closed terminal), raised where the program is, so that
+    whatever it was writing is cleaned up on the way out, as for Ctrl-C."""
+
+
+def terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def run():
     """`python gpt2.py ...`: main() through fire, with one clean line for each mistake."""
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     args = sys.argv[1:]
     if "-h" in args or "--help" in args:
         return print(help_text())
@@ -551,3 +563,6 @@ def run():
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated as e:
+        print(f"terminated ({signal.Signals(e.args[0]).name})", file=sys.stderr)
+        sys.exit(128 + e.args[0])

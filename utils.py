@@ -7,6 +7,8 @@ files: no copy, a few milliseconds. A missing or damaged file is downloaded agai
 the error, with what to do.
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -42,8 +44,33 @@ CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds: to connect, and between t
 ATTEMPTS = 4  # tries of one file: failed connections, 5xx answers, and transfers that break off midway
 BACKOFF = 1.0  # seconds before the second try, doubled before each later one
 CONVERTED_DIR = "npy"
+LOCK_NOTICE_SECONDS = 2.0  # waiting longer than this for another process's lock is said on stderr
 MANIFEST = "manifest.json"
-LAYOUT = 2  # in the manifest: a copy made with another layout of the arrays is rebuilt
+MANIFEST_FORMAT = 3  # a converted copy whose manifest has another format (or another layout of the arrays) is rebuilt
+
+
+class DiskFull(OSError):
+    """No room on the disk for what has to be written."""
+
+
+def megabytes(n_bytes):
+    return f"{n_bytes / 1e6:,.0f} MB"
+
+
+def synced(f):
+    """A file's data on disk, not only in the kernel's cache: a power cut after the rename that follows
+    cannot leave a complete-looking file with missing data."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def fsync_path(path):
+    """A folder's entries (new names, renames) on disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def check_model_size(model_size):
@@ -92,18 +119,35 @@ def fetch(session, url, part_path):
             have = 0
         length = response.headers.get("content-length")
         total = have + int(length) if length is not None else None
-        with (
-            open(part_path, "ab" if have else "wb") as f,
-            tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc=os.path.basename(url), file=sys.stderr
-            ) as bar,
-        ):
-            for chunk in response.iter_content(chunk_size=1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
+        if length is not None and shutil.disk_usage(os.path.dirname(part_path)).free < int(length):
+            raise disk_full(part_path, have, int(length))
+        try:
+            with (
+                open(part_path, "ab" if have else "wb") as f,
+                tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=os.path.basename(url), file=sys.stderr
+                ) as bar,
+            ):
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+                synced(f)
+        except OSError as e:  # what reached the disk is a prefix of the file: the next run resumes it
+            if e.errno != errno.ENOSPC:
+                raise
+            raise disk_full(part_path, os.path.getsize(part_path), None) from None
     size = os.path.getsize(part_path)
     if total is not None and size != total:
         raise IncompleteDownload(f"got {size} of {total} bytes")
+
+
+def disk_full(part_path, have, needed):
+    """The one line for a download that does not fit: where, how much, and what was kept."""
+    directory, name = os.path.split(part_path)
+    free = shutil.disk_usage(directory).free
+    need = f"{megabytes(needed)} more needed, {megabytes(free)} free" if needed is not None else "the disk is full"
+    kept = f"; the {megabytes(have)} downloaded so far stay in {name} to resume from" if have else ""
+    return DiskFull(f"not enough space in {directory} for {name.removeprefix('.').removesuffix('.part')}: {need}{kept}")
 
 
 def download_file(session, url, path):
@@ -162,6 +206,7 @@ def finish(part_path, path, source):
         os.remove(part_path)
         raise OSError(f"{source} is not OpenAI's {name} (its sha256 differs); check GPT2_BASE_URL")
     os.replace(part_path, path)
+    fsync_path(os.path.dirname(path))
 
 
 def copy_file(source, path):
@@ -240,14 +285,18 @@ def nest(flat):
     return params
 
 
-def file_stamps(directory, names):
-    """Size and modification time of each file: a cheap fingerprint that changes when a file is
-    rewritten or truncated, without reading gigabytes to hash them on every load."""
-    stamps = {}
-    for name in names:
-        stat = os.stat(os.path.join(directory, name))
-        stamps[name] = [stat.st_size, stat.st_mtime_ns]
-    return stamps
+def source_fingerprint(model_dir):
+    """What a converted copy was made from, by content, which a copy of the folder keeps (cp -r and sync
+    tools change modification times): the index file's sha256 (a few kilobytes that hold every tensor's
+    offset, size and crc32c) and the data file's size."""
+    return {
+        "model.ckpt.index": sha256_of(os.path.join(model_dir, "model.ckpt.index")),
+        CHECKPOINT_DATA: os.path.getsize(os.path.join(model_dir, CHECKPOINT_DATA)),
+    }
+
+
+def file_sizes(directory, names):
+    return {name: os.path.getsize(os.path.join(directory, name)) for name in names}
 
 
 def read_checkpoint(ckpt_path):
@@ -261,8 +310,18 @@ def read_checkpoint(ckpt_path):
 
 def convert_checkpoint(model_dir, hparams):
     """Write every tensor of the TensorFlow checkpoint as float32 .npy into model_dir/npy, with a
-    manifest of what it was made from. Built in a temporary folder and renamed at the end."""
+    manifest of what it was made from. Built in a temporary folder and renamed at the end. Where the
+    disk has no room for the new copy beside an old one, the old one goes first: it is out of date,
+    and the checkpoint can always make it again."""
     shapes = expected_shapes(hparams)
+    needed = os.path.getsize(os.path.join(model_dir, CHECKPOINT_DATA))  # the arrays, as many bytes as the data
+    if shutil.disk_usage(model_dir).free < needed:
+        shutil.rmtree(os.path.join(model_dir, CONVERTED_DIR), ignore_errors=True)
+    free = shutil.disk_usage(model_dir).free
+    if free < needed:
+        raise DiskFull(
+            f"not enough space in {model_dir} to convert the checkpoint: {megabytes(needed)} needed, {megabytes(free)} free"
+        )
     tmp_dir = tempfile.mkdtemp(dir=model_dir, prefix=f".{CONVERTED_DIR}.")
     try:
         for key, array in read_checkpoint(os.path.join(model_dir, "model.ckpt")):
@@ -276,7 +335,16 @@ def convert_checkpoint(model_dir, hparams):
                 # wte too, whose transpose is the output layer's matrix: a token's row is then read
                 # scattered, but that is one row per token against the whole matrix per token.
                 array = np.asfortranarray(array)
-            np.save(os.path.join(tmp_dir, f"{key}.npy"), array)
+            try:
+                with open(os.path.join(tmp_dir, f"{key}.npy"), "wb") as f:
+                    np.save(f, array)
+                    synced(f)
+            except OSError as e:  # a full disk: NumPy's short write ("N requested and M written") has no errno
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, None):
+                    raise
+                raise DiskFull(
+                    f"the disk of {model_dir} filled up while converting the checkpoint: {megabytes(needed)} were needed"
+                ) from None
         tensor_files = [f"{key}.npy" for key in shapes]
         missing = [name for name in tensor_files if not os.path.exists(os.path.join(tmp_dir, name))]
         if missing:
@@ -284,16 +352,19 @@ def convert_checkpoint(model_dir, hparams):
                 f"the checkpoint in {model_dir} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
             )
         manifest = {
-            "layout": LAYOUT,
-            "source": file_stamps(model_dir, CHECKPOINT_FILES),
-            "tensors": file_stamps(tmp_dir, tensor_files),
+            "format": MANIFEST_FORMAT,
+            "source": source_fingerprint(model_dir),
+            "tensors": file_sizes(tmp_dir, tensor_files),
         }
         with open(os.path.join(tmp_dir, MANIFEST), "w") as f:
             json.dump(manifest, f)
+            synced(f)
+        fsync_path(tmp_dir)  # every file and the folder on disk before the rename makes the copy look complete
         converted_dir = os.path.join(model_dir, CONVERTED_DIR)
         shutil.rmtree(converted_dir, ignore_errors=True)
         give_usual_permissions(tmp_dir)
         os.rename(tmp_dir, converted_dir)
+        fsync_path(model_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -305,9 +376,9 @@ def load_converted(model_dir, hparams):
     try:
         with open(os.path.join(converted_dir, MANIFEST)) as f:
             manifest = json.load(f)
-        if manifest.get("layout") != LAYOUT or manifest["source"] != file_stamps(model_dir, CHECKPOINT_FILES):
+        if manifest.get("format") != MANIFEST_FORMAT or manifest["source"] != source_fingerprint(model_dir):
             return None
-        if manifest["tensors"] != file_stamps(converted_dir, [f"{key}.npy" for key in shapes]):
+        if manifest["tensors"] != file_sizes(converted_dir, [f"{key}.npy" for key in shapes]):
             return None
         # np.asarray drops the np.memmap subclass, whose bookkeeping slows every operation, not the mapping.
         flat = {
@@ -350,14 +421,49 @@ def damaged_files(model_dir):
     return problems
 
 
-def repair(model_size, model_dir):
-    """Download what is missing or damaged, then convert the checkpoint if there is no valid copy.
-    Runs under a lock file, so that two processes loading the same model end with one correct copy:
-    the second waits, then finds the work done."""
-    from filelock import FileLock
+def leftovers(model_dir):
+    """Temporary folders of conversions that were killed (SIGKILL, a power cut) before they could clean up.
+    (Partly downloaded .part files are no litter: the next download resumes them.)"""
+    try:
+        return [name for name in os.listdir(model_dir) if name.startswith(f".{CONVERTED_DIR}.")]
+    except OSError:
+        return []
 
-    os.makedirs(model_dir, exist_ok=True)
-    with FileLock(os.path.join(model_dir, ".lock")):
+
+@contextlib.contextmanager
+def model_lock(model_dir):
+    """The folder's lock file, held while downloading and converting, so that two processes end with one
+    correct copy: the second waits (and says so), then finds the work done. Holding it also proves that
+    no live process owns the leftovers of a conversion, so they are removed then."""
+    from filelock import FileLock, Timeout
+
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        lock = FileLock(os.path.join(model_dir, ".lock"))
+        try:
+            lock.acquire(timeout=LOCK_NOTICE_SECONDS)
+        except Timeout:
+            print(f"waiting for another process that is downloading or converting {model_dir}", file=sys.stderr)
+            lock.acquire()
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise OSError(
+            f"{model_dir} is read-only and has no usable converted copy; "
+            "run once where it is writable, or point --models_dir at a writable copy"
+        ) from None
+    try:
+        for name in leftovers(model_dir):
+            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+        yield
+    finally:
+        lock.release()
+
+
+def repair(model_size, model_dir):
+    """Download what is missing or damaged, then convert the checkpoint if there is no valid copy,
+    under the folder's lock."""
+    with model_lock(model_dir):
         fetched = set()
         while problems := damaged_files(model_dir):
             again = fetched & set(problems)
@@ -396,7 +502,7 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
     check_model_size(model_size)  # before any path is built from it
     model_dir = os.path.join(models_dir, model_size)
-    if damaged_files(model_dir):
+    if damaged_files(model_dir) or (leftovers(model_dir) and os.access(model_dir, os.W_OK)):
         repair(model_size, model_dir)
     hparams = load_hparams(model_dir)
     params = load_converted(model_dir, hparams)
