@@ -3,9 +3,9 @@
 The first load of a model downloads its seven files into models_dir/model_size and converts the
 checkpoint (read by checkpoint.py, every tensor's checksum verified) into one .npy file per tensor, in
 models_dir/model_size/npy. Every later load checks the files cheaply and memory-maps those .npy
-files: no copy, a few milliseconds. A missing or damaged file is downloaded again; a file that stays wrong is named in
-the error, with what to do.
-"""
+files: no copy, a few milliseconds. A missing or damaged file is downloaded again; a file that stays
+wrong is named in the error, with what to do. Interruptions, full disks and read-only folders end in
+one line that says what happened, and leave nothing half-written behind."""
 
 import contextlib
 import errno
