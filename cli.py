@@ -99,16 +99,14 @@ def print_samples(encoder, params, n_head, input_ids, n_tokens_to_generate, n_sa
     """n_samples continuations of one prompt, each whole under its header; returns their texts."""
     if sampling["temperature"] == 0:  # every sample would be the same: make it once
         print(f"temperature 0 (greedy) makes {n_samples} identical samples; --temperature 1 samples", file=sys.stderr)
-        texts = [encoder.decode(gpt2.generate(input_ids, params, n_head, n_tokens_to_generate, **sampling))]
-        texts *= n_samples
-        for i, text in enumerate(texts, 1):
-            print(f"{SAMPLE_HEADER.format(i)}\n{text}", flush=True)
-        return texts
+        batches = [[gpt2.generate(input_ids, params, n_head, n_tokens_to_generate, **sampling)] * n_samples]
+    else:
+        prompts = [input_ids] * n_samples
+        batches = gpt2.generate_batches(
+            prompts, params, n_head, n_tokens_to_generate, **sampling, batch_size=batch_size
+        )
     texts = []
-    prompts = [input_ids] * n_samples
-    for batch in gpt2.generate_batches(
-        prompts, params, n_head, n_tokens_to_generate, **sampling, batch_size=batch_size
-    ):
+    for batch in batches:
         for ids in batch:
             texts.append(encoder.decode(ids))
             print(f"{SAMPLE_HEADER.format(len(texts))}\n{texts[-1]}", flush=True)
