@@ -413,10 +413,6 @@ def check_flags(
     if len(modes) > 1:
         both = "both " if len(modes) == 2 else "all of "
         raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
-    if show_probs and (n_samples > 1 or jsonl is not None):
-        raise UsageError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
-    if score and (interactive or n_samples > 1):
-        raise UsageError("--score measures a given text: not with --interactive or --n_samples")
     try:
         check_model_size(model_size)
         for name, value, low in (
@@ -432,6 +428,10 @@ def check_flags(
         gpt2.check_sampling(temperature, top_k, top_p, seed, END_OF_TEXT + 1)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if show_probs and (n_samples > 1 or jsonl is not None):
+        raise UsageError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
+    if score and (interactive or n_samples > 1):
+        raise UsageError("--score measures a given text: not with --interactive or --n_samples")
 
 
 def fire_arguments(args):

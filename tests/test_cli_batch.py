@@ -173,6 +173,7 @@ def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(small_models_dir):
     "args, fragment",
     [
         ((PROMPT, "--n_samples", "0"), "n_samples"),
+        ((PROMPT, "--n_samples", "two", "--show_probs", "3"), "n_samples must be a whole number"),
         ((PROMPT, "--batch_size", "0"), "batch_size"),
         ((PROMPT, "--jsonl", "x.jsonl"), "not both a prompt and --jsonl"),
         ((PROMPT, "--n_samples", "2", "--show_probs", "3"), "--show_probs"),
