@@ -213,57 +213,30 @@ def hf_model_124M(seed=0):
     return hf_model(random_openai_variables(HPARAMS_124M, seed), HPARAMS_124M)
 
 
-def hf_generate_time(model, ids, n_tokens):
-    import torch
-
-    with torch.no_grad():
-        start = time.perf_counter()
-        model.generate(
-            torch.tensor([ids]),
-            max_new_tokens=n_tokens,
-            min_new_tokens=n_tokens,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=0,
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        )
-        return time.perf_counter() - start
-
-
-def hf_sample_time(model, ids, n_tokens, n_samples):
-    """HuggingFace's generate with num_return_sequences: n_samples rows decoding together."""
-    import torch
-
-    torch.manual_seed(1)
-    with torch.no_grad():
-        start = time.perf_counter()
-        model.generate(
-            torch.tensor([ids]),
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,  # as ours: the model's own distribution (HF's default would be top_k=50)
-            num_return_sequences=n_samples,
-            max_new_tokens=n_tokens,
-            min_new_tokens=n_tokens,
-            pad_token_id=0,
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        )
-        return time.perf_counter() - start
-
-
-def hf_ragged_time(model, prompts, n_tokens):
-    """HuggingFace's generate on prompts of different lengths, padded at the left as its docs say."""
+def hf_generate_time(model, prompts, n_tokens, **options):
+    """Seconds of HuggingFace's generate making n_tokens after each prompt (a list of token-id lists;
+    several of different lengths are padded at the left, as its docs say), greedy unless options say."""
     import torch
 
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch.manual_seed(1)
     with torch.no_grad():
         start = time.perf_counter()
         model.generate(
-            ids, attention_mask=mask, do_sample=False, max_new_tokens=n_tokens, min_new_tokens=n_tokens, pad_token_id=0
+            ids,
+            attention_mask=mask,
+            max_new_tokens=n_tokens,
+            min_new_tokens=n_tokens,
+            pad_token_id=0,
+            use_cache=True,
+            **{"do_sample": False, **options},
         )
         return time.perf_counter() - start
+
+
+HF_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}  # as ours: HF's default would be top_k=50
 
 
 def peak_rss_megabytes(command):
@@ -349,7 +322,7 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
     gguf = llama_cpp_model(llama_cpp_dir, models_dir, hf) if llama_cpp_dir and hf is not None else None
     ours_time(prompt, 8)  # warm up: the memory-mapped weights come into memory
     if hf is not None:
-        hf_generate_time(hf, prompt, 8)
+        hf_generate_time(hf, [prompt], 8)
 
     def ours_batch_time(prompts, n_tokens, **options):
         start = time.perf_counter()
@@ -365,8 +338,8 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
         row = {"decode": decode_rate(ours_time), "prefill": n_prefill / ours_time(long_prompt, 1)}
         row["bound"] = read_bandwidth() / weight_bytes
         if hf is not None:
-            row["hf_decode"] = decode_rate(lambda ids, n_tokens: hf_generate_time(hf, ids, n_tokens))
-            row["hf_prefill"] = n_prefill / hf_generate_time(hf, long_prompt, 1)
+            row["hf_decode"] = decode_rate(lambda ids, n_tokens: hf_generate_time(hf, [ids], n_tokens))
+            row["hf_prefill"] = n_prefill / hf_generate_time(hf, [long_prompt], 1)
         if gguf is not None:
             row["llama_cpp_decode"] = llama_cpp_decode_rate(llama_cpp_dir, gguf, n_prompt, n_new)
         for n_samples in (8, 32):
@@ -374,8 +347,10 @@ def bench_generation(models_dir, llama_cpp_dir=None, rounds=7, n_prompt=16, n_ne
         row["ragged"] = ours_batch_time(ragged, n_ragged_new, stop_at_end_of_text=False)
         row["ragged_one_by_one"] = sum(ours_time(ids, n_ragged_new) for ids in ragged)
         if hf is not None:
-            row["hf_samples_8"] = 8 * n_new / hf_sample_time(hf, prompt, n_new, 8)
-            row["hf_ragged"] = hf_ragged_time(hf, ragged, n_ragged_new)
+            row["hf_samples_8"] = (
+                8 * n_new / hf_generate_time(hf, [prompt], n_new, **HF_SAMPLING, num_return_sequences=8)
+            )
+            row["hf_ragged"] = hf_generate_time(hf, ragged, n_ragged_new)
         rows.append(row)
 
     def median(fn):

@@ -121,7 +121,8 @@ def read_index(index_path):
     if len(index) < FOOTER_SIZE or struct.unpack("<Q", index[-8:])[0] != MAGIC:
         raise CheckpointError(f"{name} is not a checkpoint index (no magic number at its end)")
     footer = index[-FOOTER_SIZE:]
-    _, position = varint(footer, varint(footer, 0)[1])  # the metaindex block's handle, unused
+    _, position = varint(footer, 0)  # the metaindex block's handle (offset, size), unused
+    _, position = varint(footer, position)
     index_handle = block_handle(footer[position:])
     tensors = {}
     try:

@@ -34,6 +34,7 @@ def assert_reads_as_tensorflow(prefix):
 
 
 def test_reads_exactly_what_tensorflow_reads(small_models_dir, tmp_path):
+    """Every tensor read also passed its crc32c check, masked as TensorFlow stored it."""
     assert (
         len(assert_reads_as_tensorflow(str(small_models_dir / "124M" / "model.ckpt")))
         == 4 + 12 * SMALL_HPARAMS["n_layer"]
@@ -41,12 +42,6 @@ def test_reads_exactly_what_tensorflow_reads(small_models_dir, tmp_path):
     write_openai_model_dir(str(tmp_path / "124M"), NAMES_124M, random_openai_variables(NAMES_124M, 3))
     ours = assert_reads_as_tensorflow(str(tmp_path / "124M" / "model.ckpt"))
     assert len(ours) == 148 and ours["model/h11/mlp/c_proj/w"].shape == (1, 32, 8)
-
-
-def test_masked_crc32c_is_tensorflows():
-    # crc32c("123456789") is 0xe3069283 (the standard check value); masked as TensorFlow's crc32c::Mask
-    crc = 0xE3069283
-    assert checkpoint.masked_crc32c(b"123456789") == ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) % 2**32
 
 
 @pytest.fixture
