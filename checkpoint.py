@@ -167,3 +167,16 @@ def read_tensors(prefix):
             if crc is not None and masked_crc32c(data) != crc:
                 raise CheckpointError(f"{name} in {data_name} fails its checksum: the file is damaged")
             yield name, np.frombuffer(data, dtype="<f4").reshape(shape)
+
+
+def gpt2_tensors(prefix):
+    """Yield (flat key, float32 array) for each tensor of OpenAI's GPT-2 checkpoint: the variable
+    "model/h3/attn/c_attn/w" becomes the key "blocks.3.attn.c_attn.w" of the nested params (see
+    utils.nest), and the weights of OpenAI's 1x1 convolutions, stored as [1, n_in, n_out], lose their 1."""
+    for name, array in read_tensors(prefix):
+        parts = name.removeprefix("model/").split("/")
+        if parts[0].startswith("h") and parts[0][1:].isdigit():
+            parts = ["blocks", parts[0][1:]] + parts[1:]
+        if array.ndim == 3 and array.shape[0] == 1:
+            array = array[0]
+        yield ".".join(parts), array

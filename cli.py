@@ -2,9 +2,10 @@
 
 gpt2.py holds the model, generation and scoring; this file the presentation: text streamed as it is
 generated, several samples under headers, the learners' view of the probabilities, JSON Lines in and
-out, and the interactive prompt.
+out, and the interactive prompt. Every flag is checked before anything is loaded or downloaded.
 """
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -15,15 +16,45 @@ import sys
 import numpy as np
 
 import gpt2
+from files import megabytes
 from gpt2 import END_OF_TEXT, check_whole_number, plural
 
-# Rows that decode together by default. Measured on 124M: 8 rows make 2.8x the tokens per second of
-# one, 16 rows 4.7x, 32 rows 5.5x; but the KV cache grows with the rows: a row of 124M with its full
-# context takes 75 MB, of 1558M 630 MB. 16 keeps a full-context batch of the largest model near 10 GB.
+# Rows that decode together by default: more rows make more tokens per second, but the KV cache grows
+# with them (a row of 124M with its full context takes 75 MB, of 1558M 630 MB); 16 keeps a
+# full-context batch of the largest model near 10 GB.
 DEFAULT_BATCH_SIZE = 16
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print them
 INTERACTIVE_PROMPT = "Model prompt >>> "
-N_CTX = 1024  # the context of every GPT-2
+# Every GPT-2 has OpenAI's vocabulary, <|endoftext|> its last entry, and a context of 1024 tokens: the
+# flags are checked against these before a model is loaded (a smaller context, once it is).
+N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
+# Text read from a file or standard input: 100 MB is some 25 million tokens, far more than anyone
+# scores in one run, and `python gpt2.py - < /dev/zero` must not read until the memory runs out.
+MAX_INPUT_BYTES = 100_000_000
+
+
+class Run:
+    """One run of the command line: main()'s arguments as attributes, and the model once loaded
+    (encoder, hparams, params, n_head). What every printing function takes."""
+
+    def __init__(self, flags):
+        self.__dict__.update(flags)
+
+    @property
+    def sampling(self):  # the options of gpt2.generate and its kin
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop_at_end_of_text": self.stop_at_end_of_text,
+        }
+
+    def load(self):
+        from utils import load_encoder_hparams_and_params
+
+        self.encoder, self.hparams, self.params = load_encoder_hparams_and_params(self.model_size, self.models_dir)
+        self.n_head = self.hparams["n_head"]
 
 
 def describe_choice(encoder, logits, token_id, n_candidates):
@@ -37,7 +68,7 @@ def describe_choice(encoder, logits, token_id, n_candidates):
 
 
 def token_repr(encoder, token_id):
-    """A token as quoted text, with its spaces and newlines visible: " the" or "\n"."""
+    """A token as quoted text, with its spaces and newlines visible: " the" or "\\n"."""
     return json.dumps(encoder.decode([token_id]), ensure_ascii=False)
 
 
@@ -46,27 +77,32 @@ def bar(fraction, width):
     return ("█" * (eighths // 8) + " ▏▎▍▌▋▊▉"[eighths % 8]).rstrip().ljust(width)
 
 
-def read_text(prompt, file):
+def read_text(run):
     """The text to work on: the prompt, standard input if it is "-", or the file."""
-    if file is not None:
-        if prompt is not None:
-            raise ValueError("give a prompt or --file, not both")
-        return decode_utf8(read_bytes(file), file)
-    if prompt is None:
-        raise ValueError("give a prompt (or - to read standard input, or --file PATH)")
-    if not isinstance(prompt, str):
-        raise ValueError(f"the prompt must be text, not {prompt!r} (on the command line, give it first)")
-    if prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
-        return decode_utf8(sys.stdin.buffer.read(), "standard input").removesuffix("\n").removesuffix("\r")
-    return prompt
+    if run.file is not None:
+        return decode_utf8(read_bytes(run.file), run.file)
+    if run.prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
+        return decode_utf8(read_bytes("-"), "standard input").removesuffix("\n").removesuffix("\r")
+    return run.prompt
 
 
 def read_bytes(path):
+    """The bytes of a file, or of standard input for "-", read piece by piece so that Ctrl-C stops it,
+    and at most MAX_INPUT_BYTES of them."""
+    source = "standard input" if path == "-" else path
+    pieces, size = [], 0
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                size += len(piece)
+                if size > MAX_INPUT_BYTES:
+                    raise ValueError(
+                        f"{source} holds more than {megabytes(MAX_INPUT_BYTES)} of text, the most read at once"
+                    )
+                pieces.append(piece)
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        raise ValueError(f"cannot read {source}: {e.strerror}") from None
+    return b"".join(pieces)
 
 
 def decode_utf8(data, source):
@@ -76,63 +112,94 @@ def decode_utf8(data, source):
         raise ValueError(f"{source} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
-def print_generation(encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, **sampling):
-    tokens = gpt2.generate_stream(input_ids, params, n_head, n_tokens_to_generate, **sampling)
-    if show_probs:
-        print(f"{'next token':>16} {'prob':>6} {'':10}  │ the model's {show_probs} most likely next tokens", flush=True)
+def print_generation(run, input_ids):
+    tokens = gpt2.generate_stream(input_ids, run.params, run.n_head, run.n_tokens_to_generate, **run.sampling)
+    if run.show_probs:
+        print(
+            f"{'next token':>16} {'prob':>6} {'':10}  │ the model's {run.show_probs} most likely next tokens",
+            flush=True,
+        )
         ids = []
         for token_id, logits in tokens:
-            print(describe_choice(encoder, logits, token_id, show_probs), flush=True)
+            print(describe_choice(run.encoder, logits, token_id, run.show_probs), flush=True)
             ids.append(token_id)
-        text = encoder.decode(ids)
+        text = run.encoder.decode(ids)
         print(f"\n{text}")
         return text
     pieces = []
-    for piece in encoder.decode_stream(token_id for token_id, _ in tokens):
+    for piece in run.encoder.decode_stream(token_id for token_id, _ in tokens):
         print(piece, end="", flush=True)  # a character split over several tokens comes out once complete
         pieces.append(piece)
     print()
     return "".join(pieces)
 
 
-def print_samples(encoder, params, n_head, input_ids, n_tokens_to_generate, n_samples, batch_size, **sampling):
+def print_samples(run, input_ids):
     """n_samples continuations of one prompt, each whole under its header; returns their texts."""
-    if sampling["temperature"] == 0:  # every sample would be the same: make it once
-        print(f"temperature 0 (greedy) makes {n_samples} identical samples; --temperature 1 samples", file=sys.stderr)
-        batches = [[gpt2.generate(input_ids, params, n_head, n_tokens_to_generate, **sampling)] * n_samples]
-    else:
-        prompts = [input_ids] * n_samples
-        batches = gpt2.generate_batches(
-            prompts, params, n_head, n_tokens_to_generate, **sampling, batch_size=batch_size
+    if run.temperature == 0:  # every sample would be the same: make it once
+        print(
+            f"temperature 0 (greedy) gives {run.n_samples} identical samples, so the text is made once; "
+            "for different samples, sample with a temperature above 0 (--temperature 0.8, say)",
+            file=sys.stderr,
         )
+        rows = [
+            gpt2.generate(input_ids, run.params, run.n_head, run.n_tokens_to_generate, **run.sampling)
+        ] * run.n_samples
+    else:
+        rows = batch_by_batch(run, [input_ids] * run.n_samples)
     texts = []
-    for batch in batches:
-        for ids in batch:
-            texts.append(encoder.decode(ids))
-            print(f"{SAMPLE_HEADER.format(len(texts))}\n{texts[-1]}", flush=True)
+    for ids in rows:
+        texts.append(run.encoder.decode(ids))
+        print(f"{SAMPLE_HEADER.format(len(texts))}\n{texts[-1]}", flush=True)
     return texts
 
 
-def print_score(encoder, params, n_head, input_ids, stride, show_probs):
-    nlls = gpt2.token_nlls(input_ids, params, n_head, stride)
+def batch_by_batch(run, prompts):
+    """The new ids of each prompt, in order, given out a batch at a time, as soon as that batch is done."""
+    new_ids, done = [[] for _ in prompts], 0
+    steps = gpt2.generate_batch_stream(
+        prompts, run.params, run.n_head, run.n_tokens_to_generate, **run.sampling, batch_size=run.batch_size
+    )
+    for step in steps:
+        for row, token_id, _ in step:
+            while row >= done + run.batch_size:  # a later batch has begun: the ones before it are done
+                yield from new_ids[done : done + run.batch_size]
+                done += run.batch_size
+            new_ids[row].append(token_id)
+    yield from new_ids[done:]
+
+
+def print_score(run, input_ids):
+    nlls = gpt2.token_nlls(input_ids, run.params, run.n_head, run.stride)
     scored = ~np.isnan(nlls)
-    if show_probs:
+    if run.show_probs:
         print(f"{'token':>16} {'prob':>6} {'':10}  surprisal")
         for token_id, nll in zip(input_ids, nlls):
             if np.isnan(nll):
-                print(f"{token_repr(encoder, token_id):>16} {'':6} {'':10}  (context only)")
+                print(f"{token_repr(run.encoder, token_id):>16} {'':6} {'':10}  (context only)")
             else:
                 prob = math.exp(-nll)
-                print(f"{token_repr(encoder, token_id):>16} {prob:6.1%} {bar(prob, 10)}  {nll / math.log(2):5.1f} bits")
+                print(
+                    f"{token_repr(run.encoder, token_id):>16} {prob:6.1%} {bar(prob, 10)}  {nll / math.log(2):5.1f} bits"
+                )
         print()
     mean_nll = float(np.nanmean(nlls))  # as score() computes it
-    n_ctx = len(params["wpe"])
+    n_ctx = run.hparams["n_ctx"]
     print(
-        f"{plural(len(input_ids), 'token')}, {int(scored.sum())} scored (windows of {n_ctx}, stride {stride or n_ctx})"
+        f"{plural(len(input_ids), 'token')}, {int(scored.sum())} scored (windows of {n_ctx}, stride {run.stride or n_ctx})"
     )
     print(f"mean negative log-likelihood: {mean_nll:.4f} nats per token ({mean_nll / math.log(2):.4f} bits)")
     print(f"perplexity: {math.exp(mean_nll):.4f}")
     return math.exp(mean_nll)
+
+
+def scoring_ids(run, text):
+    """The ids to score: the text's, after <|endoftext|> with --prepend_end_of_text."""
+    ids = [END_OF_TEXT] * bool(run.prepend_end_of_text) + run.encoder.encode(text)
+    if len(ids) < 2:
+        hint = "" if run.prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
+        raise ValueError(f"the text has {plural(len(ids), 'token')}; scoring needs 2, the first is only context{hint}")
+    return ids
 
 
 # JSON Lines: one JSON object per line in, one per result out, with the input's keys carried over, so
@@ -147,15 +214,16 @@ def read_jsonl(path, field):
     """The objects of a JSON Lines file ("-": standard input), each checked to hold the text field.
     Blank lines are skipped. A bad line stops everything with its line number, before any model work."""
     source = "standard input" if path == "-" else path
-    data = sys.stdin.buffer.read() if path == "-" else read_bytes(path)
     records = []
-    for number, line in enumerate(decode_utf8(data, source).splitlines(), 1):
+    for number, line in enumerate(decode_utf8(read_bytes(path), source).splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise JsonlError(f"{source} line {number}: not JSON ({e.msg}, column {e.colno})") from None
+            raise JsonlError(
+                f"{source} line {number}: not JSON: {e.msg.lower().removesuffix(' at')} at column {e.colno}"
+            ) from None
         if not isinstance(record, dict):
             raise JsonlError(f"{source} line {number}: not a JSON object but {type(record).__name__}")
         if field not in record:
@@ -166,63 +234,47 @@ def read_jsonl(path, field):
     return source, records
 
 
-def write_jsonl(records):
-    """Whole lines, flushed together: an interruption loses only the batch in flight."""
-    sys.stdout.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+def write_jsonl(record):
+    """A whole line, flushed: an interruption loses only the results in flight."""
+    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
-def jsonl_generation(
-    encoder, params, n_head, hparams, source, records, n_tokens_to_generate, n_samples, batch_size, **sampling
-):
+def jsonl_generation(run, source, records):
     prompts, rows = [], []
     for number, record in records:
-        ids = encoder.encode(record["prompt"]) or [END_OF_TEXT]
-        if len(ids) + n_tokens_to_generate > hparams["n_ctx"]:
-            raise JsonlError(
-                f"{source} line {number}: the prompt has {plural(len(ids), 'token')}; with {n_tokens_to_generate} more "
-                f"that is more than the model's context of {hparams['n_ctx']} tokens"
-            )
-        for sample in range(1, n_samples + 1):
-            prompts.append(ids)
-            rows.append((record, sample))
-    done = 0
-    for batch in gpt2.generate_batches(
-        prompts, params, n_head, n_tokens_to_generate, **sampling, batch_size=batch_size
-    ):
-        results = []
-        for (record, sample), ids in zip(rows[done : done + len(batch)], batch):
-            results.append({**record, "sample": sample, "completion": encoder.decode(ids), "n_tokens": len(ids)})
-        write_jsonl(results)
-        done += len(batch)
-
-
-def jsonl_scoring(encoder, params, n_head, source, records, stride, prepend_end_of_text):
-    texts = []
-    for number, record in records:
-        ids = [END_OF_TEXT] * bool(prepend_end_of_text) + encoder.encode(record["text"])
+        ids = run.encoder.encode(record["prompt"]) or [END_OF_TEXT]
         try:
-            check_scorable(ids, prepend_end_of_text)
+            gpt2.check_prompt(ids, run.n_tokens_to_generate, run.hparams["n_ctx"])
         except ValueError as e:
             raise JsonlError(f"{source} line {number}: {e}") from None
-        texts.append(ids)
-    for (_, record), ids in zip(records, texts):  # one at a time: scoring is compute-bound (see README)
-        nlls = gpt2.token_nlls(ids, params, n_head, stride)
+        for sample in range(1, run.n_samples + 1):
+            prompts.append(ids)
+            rows.append((record, sample))
+    for (record, sample), ids in zip(rows, batch_by_batch(run, prompts)):
+        write_jsonl({**record, "sample": sample, "completion": run.encoder.decode(ids), "n_tokens": len(ids)})
+
+
+def jsonl_scoring(run, source, records):
+    texts = []
+    for number, record in records:
+        try:
+            texts.append(scoring_ids(run, record["text"]))
+        except ValueError as e:
+            raise JsonlError(f"{source} line {number}: {e}") from None
+    for (_, record), ids in zip(records, texts):  # one at a time: scoring is compute-bound (docs/performance.md)
+        nlls = gpt2.token_nlls(ids, run.params, run.n_head, run.stride)
         nll = float(np.nanmean(nlls))  # as score() computes it
         scored = int((~np.isnan(nlls)).sum())
-        write_jsonl([{**record, "n_tokens": len(ids), "n_scored": scored, "nll": nll, "perplexity": math.exp(nll)}])
+        write_jsonl({**record, "n_tokens": len(ids), "n_scored": scored, "nll": nll, "perplexity": math.exp(nll)})
 
 
-def check_scorable(ids, prepend_end_of_text):
-    if len(ids) < 2:
-        hint = "" if prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
-        raise ValueError(f"the text has {plural(len(ids), 'token')}; scoring needs 2, the first is only context{hint}")
-
-
-def interactive_loop(encoder, params, n_head, n_tokens_to_generate, show_probs, n_samples, batch_size, **sampling):
-    """Like OpenAI's interactive_conditional_samples.py: a prompt, its continuation, and again. Ctrl-C
-    stops a generation and asks again; at the prompt it ends the program (exit 130); so does the end of
-    the input (Ctrl-D, or the end of a pipe), with exit 0."""
+def interactive_loop(run):
+    """Like OpenAI's interactive_conditional_samples.py: a prompt, its continuation, and again. At a
+    terminal, Ctrl-C stops a generation and asks again; at the prompt it ends the program (exit 130),
+    and so does Ctrl-C at any time when the prompts come from a pipe or a file. The end of the input
+    (Ctrl-D, or the end of a pipe) ends it with exit 0."""
+    at_terminal = sys.stdin.isatty()
     while True:
         try:
             text = input(INTERACTIVE_PROMPT)
@@ -235,30 +287,20 @@ def interactive_loop(encoder, params, n_head, n_tokens_to_generate, show_probs, 
         if not text.strip():
             continue
         try:
-            generate_text(
-                encoder,
-                params,
-                n_head,
-                encoder.encode(text),
-                n_tokens_to_generate,
-                show_probs,
-                n_samples,
-                batch_size,
-                **sampling,
-            )
+            generate_text(run, run.encoder.encode(text))
         except KeyboardInterrupt:
-            print("\n(stopped)", flush=True)
+            if not at_terminal:
+                raise
+            print("\n(stopped)", file=sys.stderr, flush=True)
         except ValueError as e:  # a prompt too long for the context: say so and ask again
             print(f"error: {e}", file=sys.stderr, flush=True)
 
 
-def generate_text(
-    encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, n_samples, batch_size, **sampling
-):
+def generate_text(run, input_ids):
     input_ids = input_ids or [END_OF_TEXT]
-    if n_samples == 1:
-        return print_generation(encoder, params, n_head, input_ids, n_tokens_to_generate, show_probs, **sampling)
-    return print_samples(encoder, params, n_head, input_ids, n_tokens_to_generate, n_samples, batch_size, **sampling)
+    if run.n_samples == 1:
+        return print_generation(run, input_ids)
+    return print_samples(run, input_ids)
 
 
 def main(
@@ -321,117 +363,57 @@ def main(
         interactive: ask for prompts one after another ("Model prompt >>> "), with the model loaded once.
             Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.
     """
-    from utils import load_encoder_hparams_and_params
-
-    check_flags(
-        prompt, n_tokens_to_generate, model_size, temperature, top_k, top_p, seed, show_probs, file, score, stride,
-        n_samples, batch_size, jsonl, interactive,
-    )  # fmt: skip
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    run = Run(locals())
+    check_flags(run)
     if jsonl is not None:
         source, records = read_jsonl(str(jsonl), "text" if score else "prompt")
     elif not interactive:
-        text = read_text(prompt, file)
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
-    n_head = hparams["n_head"]
-    if jsonl is not None and score:
-        return jsonl_scoring(encoder, params, n_head, source, records, stride, prepend_end_of_text)
+        text = read_text(run)
+    run.load()
     if jsonl is not None:
-        return jsonl_generation(
-            encoder,
-            params,
-            n_head,
-            hparams,
-            source,
-            records,
-            n_tokens_to_generate,
-            n_samples,
-            batch_size,
-            **sampling,
-            stop_at_end_of_text=stop_at_end_of_text,
-        )
+        return jsonl_scoring(run, source, records) if score else jsonl_generation(run, source, records)
     if interactive:
-        return interactive_loop(
-            encoder,
-            params,
-            n_head,
-            n_tokens_to_generate,
-            show_probs,
-            n_samples,
-            batch_size,
-            **sampling,
-            stop_at_end_of_text=stop_at_end_of_text,
-        )
-    input_ids = encoder.encode(text)
+        return interactive_loop(run)
     if score:
-        input_ids = [END_OF_TEXT] * bool(prepend_end_of_text) + input_ids
-        check_scorable(input_ids, prepend_end_of_text)
-        return print_score(encoder, params, n_head, input_ids, stride, show_probs)
-    return generate_text(
-        encoder,
-        params,
-        n_head,
-        input_ids,
-        n_tokens_to_generate,
-        show_probs,
-        n_samples,
-        batch_size,
-        **sampling,
-        stop_at_end_of_text=stop_at_end_of_text,
-    )
+        return print_score(run, scoring_ids(run, text))
+    return generate_text(run, run.encoder.encode(text))
 
 
 class UsageError(ValueError):
     """A mistake in what the command line was given: exit code 2, before anything is loaded."""
 
 
-def check_flags(
-    prompt,
-    n_tokens_to_generate,
-    model_size,
-    temperature,
-    top_k,
-    top_p,
-    seed,
-    show_probs,
-    file,
-    score,
-    stride,
-    n_samples,
-    batch_size,
-    jsonl,
-    interactive,
-):
-    """Every value main() is given, before anything is loaded or downloaded. Every GPT-2 has the same
-    vocabulary and a context of 1024 tokens; a smaller model's context is checked once it is loaded."""
+def check_flags(run):
+    """Every value main() is given, before anything is loaded or downloaded."""
     from utils import check_model_size
 
-    modes = {"a prompt": prompt is not None, "--file": file is not None, "--jsonl": jsonl is not None}
-    modes = [name for name, given in {**modes, "--interactive": interactive}.items() if given]
+    modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
+    modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
     if not modes:
         raise UsageError("give a prompt (or - to read standard input, --file PATH, --jsonl PATH or --interactive)")
     if len(modes) > 1:
         both = "both " if len(modes) == 2 else "all of "
         raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
+    if run.prompt is not None and not isinstance(run.prompt, str):
+        raise UsageError(f"the prompt must be text, not {run.prompt!r} (on the command line, give it first)")
     try:
-        check_model_size(model_size)
-        for name, value, low in (
-            ("show_probs", show_probs, 0),
-            ("n_samples", n_samples, 1),
-            ("batch_size", batch_size, 1),
-        ):
-            check_whole_number(name, value, low)
-        if not score:
-            check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1, N_CTX)
-        if stride is not None:
-            check_whole_number("stride", stride, 1, N_CTX)
-        gpt2.check_sampling(temperature, top_k, top_p, seed, END_OF_TEXT + 1)
+        check_model_size(run.model_size)
+        for name, low in (("show_probs", 0), ("n_samples", 1), ("batch_size", 1)):
+            check_whole_number(name, getattr(run, name), low)
+        if not run.score:
+            check_whole_number("n_tokens_to_generate", run.n_tokens_to_generate, 1, N_CTX)
+        if run.stride is not None:
+            check_whole_number("stride", run.stride, 1, N_CTX)
+        gpt2.check_sampling(run.temperature, run.top_k, run.top_p, run.seed, N_VOCAB)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if show_probs and (n_samples > 1 or jsonl is not None):
+    if run.show_probs and (run.n_samples > 1 or run.jsonl is not None):
         raise UsageError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
-    if score and (interactive or n_samples > 1):
+    if run.score and (run.interactive or run.n_samples > 1):
         raise UsageError("--score measures a given text: not with --interactive or --n_samples")
+    if not run.score and (run.stride is not None or run.prepend_end_of_text):
+        flag = "--stride" if run.stride is not None else "--prepend_end_of_text"
+        raise UsageError(f"{flag} goes with --score, which measures a text; generation does not use it")
 
 
 def fire_arguments(args):
@@ -449,7 +431,8 @@ def fire_arguments(args):
         if arg.startswith("-") and arg != "-":
             name, has_value, value = arg.lstrip("-").partition("=")
             if not arg.startswith("--") or name not in flags:
-                close = difflib.get_close_matches(name, sorted(flags), n=1)
+                close = [flag for flag in sorted(flags) if flag.startswith(name)] if name else []
+                close = close or difflib.get_close_matches(name, sorted(flags), n=1)  # a start, or a near spelling
                 hint = f"; did you mean --{close[0]}?" if close else "; see --help"
                 raise UsageError(f"unknown flag {arg.partition('=')[0]}{hint}")
             if not has_value and (name in switches or name.removeprefix("no") in switches):
@@ -486,6 +469,7 @@ METAVARS = {
     "temperature": "T",
     "top_p": "P",
 }
+DEFAULTS_SHOWN = {"seed": "none: each run differs", "stride": f"the context, {N_CTX}", "file": "none", "jsonl": "none"}
 EXAMPLES = """\
   python gpt2.py "Alan Turing theorized that computers would one day become" -n 8
   python gpt2.py "The meaning of life is" --temperature 0.8 --top_k 40 --seed 1 -n 100
@@ -522,7 +506,7 @@ def help_text():
             heading = f"  --{'no' if parameter.default else ''}{name}"
         else:
             short = "-n, " if name == "n_tokens_to_generate" else ""
-            default = "none" if parameter.default is None else parameter.default
+            default = DEFAULTS_SHOWN.get(name, parameter.default)
             heading = f"  {short}--{name} {METAVARS.get(name, 'N')}  (default: {default})"
         lines += [heading, *(f"      {text}" for text in descriptions[name])]
     return "\n".join([*lines, "", "examples:", EXAMPLES])
@@ -537,30 +521,37 @@ def terminate(signum, frame):
     raise Terminated(signum)
 
 
-def run():
-    """`python gpt2.py ...`: main() through fire, with one clean line for each mistake."""
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    args = sys.argv[1:]
+def fail(message, exit_code):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def run_command_line(args):
+    """`python gpt2.py ARGS...`: main() through fire, with one line on stderr for each mistake, and the
+    exit code: 2 for a usage mistake, 1 for a failure at run time, 130 for Ctrl-C, 128 + N for signal N."""
     if "-h" in args or "--help" in args:
         return print(help_text())
     try:
-        args = fire_arguments(args)
+        command = fire_arguments(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e, 2)
     import fire
 
     try:
-        fire.Fire(main, command=args, serialize=lambda result: None)  # main has printed it already
+        fire.Fire(main, command=command, serialize=lambda result: None)  # main has printed it already
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e, 2)
     except (ValueError, OSError, ImportError) as e:
-        sys.exit(f"error: {e}")
+        fail(e, 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Terminated as e:
         print(f"terminated ({signal.Signals(e.args[0]).name})", file=sys.stderr)
         sys.exit(128 + e.args[0])
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    run_command_line(sys.argv[1:])

@@ -18,7 +18,10 @@ import math
 import sys
 
 if sys.version_info < (3, 10):  # noqa: UP036 (one clear line for the Pythons below the minimum)
-    sys.exit(f"error: gpt2.py needs Python 3.10 or newer, not {sys.version.split()[0]}")
+    too_old = f"gpt2.py needs Python 3.10 or newer, not {sys.version.split()[0]}"
+    if __name__ == "__main__":
+        sys.exit(f"error: {too_old}")
+    raise ImportError(too_old)  # in a notebook: an error to read, not the end of the kernel
 
 import numpy as np
 
@@ -27,8 +30,8 @@ END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documen
 
 def in_place(function, x):  # function(x), written over x where the array library allows it
     """NumPy writes the result over x: a prompt's activations are megabytes, and a fresh array for them
-    costs page faults that slow a 512-token prompt down by about a tenth. JAX's arrays are immutable and
-    its functions take no out=, so there the result is a new array."""
+    costs page faults (README: How generation is made fast). JAX's arrays are immutable and its
+    functions take no out=, so there the result is a new array."""
     try:
         return function(x, out=x)
     except TypeError:
@@ -71,7 +74,7 @@ def linear(x, w, b):  # [m, in], [in, out], [out] -> [m, out]
     if x.ndim > 2:  # rows of several texts [..., m, in]: one product for all (NumPy would make one per text)
         return linear(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[-1])
     # x @ w, computed as (w.T @ x.T).T: the same numbers up to rounding, but with the weights first
-    # OpenBLAS runs it faster (here: a 512-token prompt 9%, one token 3%, 8 rows at once 20%)
+    # OpenBLAS runs it faster, for one row and for many
     return (w.T @ x.T).T + b
 
 
@@ -214,8 +217,18 @@ def check_whole_number(name, value, low, high=None):
         raise ValueError(f"{name} must be a whole number {limits}, not {value!r}")
 
 
-def check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed):
-    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
+def check_sampling(temperature, top_k, top_p, seed, n_vocab):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number of at least 0 (0 means greedy), not {temperature!r}")
+    check_whole_number("top_k", top_k, 0, n_vocab)
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number above 0 and at most 1, not {top_p!r}")
+    if seed is not None:
+        check_whole_number("seed", seed, 0)
+
+
+def check_prompt(inputs, n_tokens_to_generate, n_ctx):
+    """A prompt and the tokens asked for after it must fit the model's context."""
     if len(inputs) == 0:
         raise ValueError(
             f"inputs must hold at least one token (an empty prompt starts from <|endoftext|>, {END_OF_TEXT})"
@@ -225,17 +238,14 @@ def check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, 
             f"the prompt has {plural(len(inputs), 'token')} and {n_tokens_to_generate} more were asked for: "
             f"{len(inputs) + n_tokens_to_generate} is more than the model's context of {n_ctx} tokens"
         )
-    check_sampling(temperature, top_k, top_p, seed, n_vocab)
 
 
-def check_sampling(temperature, top_k, top_p, seed, n_vocab):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number of at least 0 (0 means greedy), not {temperature!r}")
-    check_whole_number("top_k", top_k, 0, n_vocab)
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be a number above 0 and at most 1, not {top_p!r}")
-    if seed is not None:
-        check_whole_number("seed", seed, 0)
+def check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
+    """Every prompt and option, before any work."""
+    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
+    for inputs in prompts:
+        check_prompt(inputs, n_tokens_to_generate, n_ctx=len(params["wpe"]))
+    check_sampling(temperature, top_k, top_p, seed, n_vocab=len(params["wte"]))
 
 
 def plural(n, noun):  # "1 token", "2 tokens"
@@ -257,8 +267,7 @@ def generate_stream(
     model's scores that it was chosen from, before temperature and filtering.
     Stops after n_tokens_to_generate tokens, or before <|endoftext|> if stop_at_end_of_text.
     temperature 0 is greedy; otherwise a seed makes the draws repeatable (same seed, same ids)."""
-    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
-    check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    check_generation([inputs], params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     rng = np.random.default_rng(seed)
     kv_cache = new_kv_cache(params, n_head, len(inputs) + n_tokens_to_generate - 1)  # the last token is not fed
     logits, kv_cache = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=kv_cache)  # the prompt at once
@@ -271,16 +280,10 @@ def generate_stream(
             logits, kv_cache = gpt2_cached([token_id], **params, n_head=n_head, kv_cache=kv_cache)  # one token in
 
 
-def generate(inputs, params, n_head, n_tokens_to_generate, **sampling):
+def generate(inputs, params, n_head, n_tokens_to_generate, **options):
     """The list of new token ids (greedy unless sampling options are given, see generate_stream);
     the caller's list is left as it was."""
-    return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **sampling)]
-
-
-def check_prompts(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
-    n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
-    for inputs in prompts:
-        check_generation(inputs, n_ctx, n_vocab, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **options)]
 
 
 def generate_batch_stream(
@@ -293,35 +296,46 @@ def generate_batch_stream(
     top_p=1.0,
     seed=None,
     stop_at_end_of_text=True,
-    first_row=0,
+    batch_size=None,
 ):
-    """generate_stream for several prompts (token-id lists of any lengths) at once, one forward pass per
-    step for all rows still running. Yields, at each step, [(row, token id, logits)] for the rows that
-    took a token. Row i draws its samples from its own random stream, made from the seed and
-    first_row + i: the same at any batch size and beside any other rows."""
-    check_prompts(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
-    rngs = [
-        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(first_row + i,))) for i in range(len(prompts))
-    ]
+    """generate_stream for many prompts (token-id lists of any lengths). Yields, at each step,
+    [(row, token id, logits)] for the rows that took a token, a row being the index of its prompt.
+    batch_size rows decode together (all by default), one forward pass per step for all of them; then
+    the next batch_size rows. batch_size changes speed and memory, never the ids: row i draws its
+    samples from its own random stream, made from the seed and i, whatever rows are beside it."""
+    check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
+    if batch_size is not None:
+        check_whole_number("batch_size", batch_size, 1)
+    seed = np.random.SeedSequence(seed).entropy  # one seed for every row (a fresh one if None)
+    rngs = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(row,))) for row in range(len(prompts))]
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    batch_size = batch_size or max(len(prompts), 1)
+    for first in range(0, len(prompts), batch_size):
+        rows = np.arange(first, min(first + batch_size, len(prompts)))
+        batch = [prompts[row] for row in rows]
+        yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text)
+
+
+def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text):
+    """The steps of generate_batch_stream for one batch: prompts, their row numbers, every row's random stream."""
     n_prompt = max(len(inputs) for inputs in prompts)
     pad = np.array([n_prompt - len(inputs) for inputs in prompts])  # rows line up at the right
     buffers, _ = new_kv_cache(params, n_head, n_prompt + n_tokens_to_generate - 1, batch=(len(prompts),))
-    first_logits, row_of_prompt = [], {}
-    for row, inputs in enumerate(prompts):  # each prompt on its own, into its row of the cache after its pad
-        if tuple(inputs) in row_of_prompt:  # the same prompt again (several samples): copy its work
-            buffers[:, row] = buffers[:, row_of_prompt[tuple(inputs)]]
-            first_logits.append(first_logits[row_of_prompt[tuple(inputs)]])
+    first_logits, index_of_prompt = [], {}
+    for i, inputs in enumerate(prompts):  # each prompt on its own, into its row of the cache after its pad
+        if tuple(inputs) in index_of_prompt:  # the same prompt again (several samples): copy its work
+            buffers[:, i] = buffers[:, index_of_prompt[tuple(inputs)]]
+            first_logits.append(first_logits[index_of_prompt[tuple(inputs)]])
             continue
-        buffers[:, row, :, : pad[row]] = 0  # masked, but NaN left in fresh memory would get through the mask
-        row_cache = buffers[:, row, :, pad[row] :]  # a view: [n_layer, 2*n_head, length - pad, d]
+        buffers[:, i, :, : pad[i]] = 0  # masked, but NaN left in fresh memory would get through the mask
+        row_cache = buffers[:, i, :, pad[i] :]  # a view: [n_layer, 2*n_head, length - pad, d]
         logits, _ = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=(row_cache, 0))
         first_logits.append(logits)
-        row_of_prompt[tuple(inputs)] = row
-    logits, kv_cache = np.stack(first_logits), (buffers, n_prompt)  # [n_rows, n_vocab]
-    rows = np.arange(len(prompts))  # the rows still running
+        index_of_prompt[tuple(inputs)] = i
+    logits, kv_cache = np.stack(first_logits), (buffers, n_prompt)  # [n_running, n_vocab]
     for step in range(n_tokens_to_generate):
         uniforms = np.array([rngs[row].random() for row in rows])
-        token_ids = next_token(logits, uniforms, temperature, top_k, top_p)  # [n_running]
+        token_ids = next_token(logits, uniforms, **sampling)  # [n_running]
         running = (token_ids != END_OF_TEXT) | (not stop_at_end_of_text)
         yield [(int(rows[i]), int(token_ids[i]), logits[i]) for i in np.flatnonzero(running)]
         if step == n_tokens_to_generate - 1 or not running.any():
@@ -332,42 +346,14 @@ def generate_batch_stream(
         logits, kv_cache = gpt2_cached(token_ids[:, None], **params, n_head=n_head, kv_cache=kv_cache, pad=pad)
 
 
-def generate_batches(
-    prompts,
-    params,
-    n_head,
-    n_tokens_to_generate,
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    seed=None,
-    stop_at_end_of_text=True,
-    batch_size=None,
-):
-    """generate_batch, batch_size prompts at a time: yields the list of new ids of each batch in turn."""
-    check_prompts(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)  # all, before any work
-    if batch_size is not None:
-        check_whole_number("batch_size", batch_size, 1)
-    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "stop_at_end_of_text": stop_at_end_of_text}
-    seed = np.random.SeedSequence(seed).entropy  # one seed for every batch (a fresh one if None)
-    batch_size = batch_size or max(len(prompts), 1)
-    for first_row in range(0, len(prompts), batch_size):
-        batch = prompts[first_row : first_row + batch_size]
-        new_ids = [[] for _ in batch]
-        for step in generate_batch_stream(
-            batch, params, n_head, n_tokens_to_generate, **options, seed=seed, first_row=first_row
-        ):
-            for row, token_id, _ in step:
-                new_ids[row].append(token_id)
-        yield new_ids
-
-
-def generate_batch(prompts, params, n_head, n_tokens_to_generate, batch_size=None, **sampling):
-    """The new ids of each prompt (a list of token-id lists of any lengths), as generate() gives them for
-    that prompt alone (sampled rows: see generate_batch_stream). batch_size rows decode together (all
-    by default); it changes speed and memory, not the ids."""
-    batches = generate_batches(prompts, params, n_head, n_tokens_to_generate, batch_size=batch_size, **sampling)
-    return [ids for batch in batches for ids in batch]
+def generate_batch(prompts, params, n_head, n_tokens_to_generate, **options):
+    """The new ids of each prompt, as generate() gives them for that prompt alone (sampled rows: see
+    generate_batch_stream, which takes the same options, batch_size among them)."""
+    new_ids = [[] for _ in prompts]
+    for step in generate_batch_stream(prompts, params, n_head, n_tokens_to_generate, **options):
+        for row, token_id, _ in step:
+            new_ids[row].append(token_id)
+    return new_ids
 
 
 # Measuring the model: how well does it predict a given text? Each token's negative log-likelihood
@@ -429,15 +415,10 @@ def score(inputs, params, n_head, stride=None):
     return float(np.nanmean(token_nlls(inputs, params, n_head, stride)))
 
 
-def main(*args, **kwargs):
-    """What `python gpt2.py ...` does, as a function: prints the text as it is generated and returns it
-    (with score=True, prints the measurements and returns the perplexity). The command line is cli.py."""
-    import cli
-
-    return cli.main(*args, **kwargs)
-
-
 if __name__ == "__main__":
-    import cli
+    # `python gpt2.py ...` is the command line, cli.py. This file then runs as the module __main__;
+    # naming it gpt2 too makes cli's `import gpt2` find it instead of running it a second time.
+    import runpy
 
-    cli.run()
+    sys.modules["gpt2"] = sys.modules["__main__"]
+    runpy.run_module("cli", run_name="__main__")

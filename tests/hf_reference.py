@@ -75,3 +75,15 @@ def hf_guide_windows(model, ids, n_ctx, stride):
         if end == len(ids):
             break
     return losses, counts
+
+
+def hf_filter(logits, temperature, top_k, top_p):
+    """HuggingFace's TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, in generate's order."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(temperature)(None, torch.from_numpy(logits))
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores.numpy()

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import (
+from helpers import (
     GOLDEN_PATH,
     GREEDY_TOKENS,
     PROMPT_IDS,
@@ -21,7 +21,7 @@ from conftest import (
     SMALL_HPARAMS,
     WARPERS_PATH,
 )
-from hf_reference import hf_greedy, hf_guide_windows, hf_logits, hf_model
+from hf_reference import hf_filter, hf_greedy, hf_guide_windows, hf_logits, hf_model
 from random_model import random_openai_variables
 
 
@@ -67,19 +67,6 @@ def sampling_logits():
     """Rows of logits to filter: a wide one like GPT-2's and narrow ones for the sampling statistics."""
     rng = np.random.RandomState(SEED + 3)
     return (rng.standard_normal((4, 1000)) * np.array([[1.0], [3.0], [0.3], [8.0]])).astype(np.float32)
-
-
-def hf_filter(logits, temperature, top_k, top_p):
-    """HuggingFace's TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, in generate's order."""
-    import torch
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    scores = TemperatureLogitsWarper(temperature)(None, torch.from_numpy(logits))
-    if top_k:
-        scores = TopKLogitsWarper(top_k)(None, scores)
-    if top_p < 1.0:
-        scores = TopPLogitsWarper(top_p)(None, scores)
-    return scores.numpy()
 
 
 if __name__ == "__main__":

@@ -127,10 +127,10 @@ def write_openai_model_dir(model_dir, hparams, variables):
         # Values are fed in, not baked into the graph, so model.ckpt.meta stays small, as OpenAI's is.
         tf_vars = {name: tf.compat.v1.get_variable(name, value.shape, tf.float32) for name, value in variables.items()}
         saver = tf.compat.v1.train.Saver(list(tf_vars.values()))
+        placeholders = {name: tf.compat.v1.placeholder(tf.float32, value.shape) for name, value in variables.items()}
+        assign_all = tf.group(*(tf_vars[name].assign(placeholders[name]) for name in variables))
         with tf.compat.v1.Session() as session:
-            for name, value in variables.items():
-                placeholder = tf.compat.v1.placeholder(tf.float32, value.shape)
-                session.run(tf_vars[name].assign(placeholder), {placeholder: value})
+            session.run(assign_all, {placeholders[name]: value for name, value in variables.items()})
             saver.save(session, os.path.join(model_dir, "model.ckpt"))
     with open(os.path.join(model_dir, "checkpoint"), "w") as f:  # OpenAI's names the checkpoint relatively
         f.write('model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n')

@@ -1,58 +1,38 @@
-"""`python gpt2.py ...` end to end on a small random model folder, and every kind of bad input."""
+"""The command line: `python gpt2.py PROMPT` end to end on a small random model folder, its flags, and
+every kind of bad input. Mistakes are checked in this process (cli.run_command_line, what `python
+gpt2.py` runs); a few runs go through a new process, where the process is what is tested."""
 
 import inspect
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import PROMPT, REPO_DIR
-from test_downloads import closed_port_url
+from helpers import (
+    PROMPT,
+    REPO_DIR,
+    SMALL_HPARAMS,
+    assert_clean_error,
+    cli,
+    closed_port_url,
+    hf_greedy_text,
+    run_gpt2,
+)
 
-
-def run_cli(*args, env=None, script="gpt2.py"):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, script), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
-
-
-def hf_greedy_text(model, tiktoken_gpt2, ids, n_tokens):
-    """What the command line should print: HuggingFace's greedy continuation, up to <|endoftext|>."""
-    from hf_reference import hf_greedy
-
-    new_ids = hf_greedy(model, ids, n_tokens)
-    if tiktoken_gpt2.eot_token in new_ids:
-        new_ids = new_ids[: new_ids.index(tiktoken_gpt2.eot_token)]
-    return tiktoken_gpt2.decode(new_ids)
-
-
-def assert_clean_error(result, *fragments):
-    assert result.returncode != 0
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+import cli as cli_module
 
 
 @pytest.mark.parametrize("script", ["gpt2.py", "gpt2_pico.py"])
 def test_generates_the_same_text_as_hf(small_models_dir, golden, tiktoken_gpt2, script):
-    result = run_cli(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(small_models_dir), script=script)
+    result = run_gpt2(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(small_models_dir), script=script)
     assert result.returncode == 0, result.stderr
     assert result.stdout == tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist()) + "\n"
 
 
 def test_first_load_prints_no_tensorflow_noise(models_copy):
     shutil.rmtree(models_copy / "124M" / "npy")
-    result = run_cli("Hello", "--n_tokens_to_generate", "1", "--models_dir", str(models_copy))
+    result = run_gpt2("Hello", "--n_tokens_to_generate", "1", "--models_dir", str(models_copy))
     assert result.returncode == 0
     assert result.stderr.strip().splitlines() == [
         f"Converting the checkpoint in {models_copy}/124M to NumPy arrays (only once)."
@@ -60,41 +40,15 @@ def test_first_load_prints_no_tensorflow_noise(models_copy):
 
 
 @pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", 'it\'s "quoted" \\'])
-def test_prompt_that_looks_like_python_stays_text(small_models_dir, hf_small, tiktoken_gpt2, prompt):
+def test_prompt_that_looks_like_python_stays_text(small_models_dir, hf_small, tiktoken_gpt2, capsys, prompt):
     """fire alone would hand main the number 42, the tuple ('Hello', 'world'), a list, None."""
-    result = run_cli(prompt, "--n_tokens_to_generate", "3", "--models_dir", str(small_models_dir))
+    result = cli(capsys, prompt, "--n_tokens_to_generate", "3", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, tiktoken_gpt2.encode_ordinary(prompt), 3) + "\n"
 
 
-def test_too_long_for_the_context(small_models_dir):
-    result = run_cli(PROMPT, "--n_tokens_to_generate", "60", "--models_dir", str(small_models_dir))
-    assert_clean_error(result, "10 tokens", "60", "70", "context of 64 tokens")
-
-
-def test_unknown_model_size(tmp_path):
-    result = run_cli(PROMPT, "--model_size", "7B", "--models_dir", str(tmp_path))
-    assert_clean_error(result, "7B", "124M, 355M, 774M, 1558M")
-    assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize("value", ["0", "-3", "abc", "2.5"])
-def test_bad_n_tokens_to_generate(small_models_dir, value):
-    result = run_cli(PROMPT, "--n_tokens_to_generate", value, "--models_dir", str(small_models_dir))
-    assert_clean_error(result, "n_tokens_to_generate", value)
-
-
-def test_no_network(tmp_path):
-    base = closed_port_url()
-    result = run_cli(PROMPT, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": base})
-    assert_clean_error(result, "checkpoint", f"{base}/124M/checkpoint")
-    assert set(os.listdir(tmp_path / "124M")) <= {".lock"}  # no empty or partial file under any name
-
-
 def test_main_streams_and_flushes_each_piece(small_models_dir, monkeypatch, golden, tiktoken_gpt2):
     import io
-
-    import gpt2
 
     class RecordingStdout(io.StringIO):
         def __init__(self):
@@ -106,71 +60,66 @@ def test_main_streams_and_flushes_each_piece(small_models_dir, monkeypatch, gold
 
     out = RecordingStdout()
     monkeypatch.setattr(sys, "stdout", out)
-    text = gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=str(small_models_dir))
+    text = cli_module.main(PROMPT, n_tokens_to_generate=8, models_dir=str(small_models_dir))
     assert text == tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist())
     assert out.getvalue() == text + "\n"
     assert len(out.flushed) >= 8  # visible piece by piece, not all at the end
     assert [t for t in out.flushed if t] == sorted(t for t in out.flushed if t)  # each flush extends the last
 
 
-def test_prompt_from_stdin(small_models_dir):
-    expected = run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir)).stdout
+def test_main_stops_at_end_of_text_and_prints_nothing_of_it(end_of_text_params, encoder, monkeypatch, capsys):
+    import utils
+
+    monkeypatch.setattr(
+        utils, "load_encoder_hparams_and_params", lambda *_: (encoder, SMALL_HPARAMS, end_of_text_params)
+    )
+    assert cli_module.main(PROMPT, n_tokens_to_generate=3) == ""
+    assert capsys.readouterr().out == "\n"
+    assert cli_module.main(PROMPT, n_tokens_to_generate=3, stop_at_end_of_text=False) == "<|endoftext|>" * 3
+    assert capsys.readouterr().out == "<|endoftext|>" * 3 + "\n"
+
+
+def test_prompt_from_stdin(small_models_dir, capsys):
+    expected = cli(capsys, PROMPT, "-n", "5", "--models_dir", str(small_models_dir)).stdout
     for stdin in (PROMPT + "\n", PROMPT):  # as `echo` sends it, and without the newline
-        result = subprocess.run(
-            [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "-n", "5", "--models_dir", str(small_models_dir)],
-            input=stdin.encode(),
-            capture_output=True,
-            timeout=300,
-        )
+        result = run_gpt2("-", "-n", "5", "--models_dir", str(small_models_dir), stdin=stdin)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.decode() == expected
+        assert result.stdout == expected
 
 
 def test_non_utf8_stdin(small_models_dir):
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", "--models_dir", str(small_models_dir)],
-        input=b"caf\xe9 au lait",
-        capture_output=True,
-        timeout=300,
-    )
-    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    result = run_gpt2("-", "--models_dir", str(small_models_dir), stdin=b"caf\xe9 au lait")
     assert_clean_error(result, "not UTF-8", "0xe9")
 
 
-def test_empty_prompt_starts_from_end_of_text(small_models_dir, hf_small, tiktoken_gpt2):
-    result = run_cli("", "-n", "4", "--models_dir", str(small_models_dir))
+def test_endless_stdin_is_refused_at_the_limit(small_models_dir, monkeypatch, capsys):
+    """`python gpt2.py - < /dev/zero` stops with one line once the limit is read, instead of reading
+    until the memory runs out."""
+    monkeypatch.setattr(cli_module, "MAX_INPUT_BYTES", 5_000_000)
+    with open("/dev/zero", "rb") as zeros:
+        monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": zeros})())
+        result = cli(capsys, "-", "--models_dir", str(small_models_dir))
+    assert_clean_error(result, "standard input holds more than 5 MB of text")
+    assert result.returncode == 1
+
+
+def test_empty_prompt_starts_from_end_of_text(small_models_dir, hf_small, tiktoken_gpt2, capsys):
+    result = cli(capsys, "", "-n", "4", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, [tiktoken_gpt2.eot_token], 4) + "\n"
 
 
-def test_sampling_flags_are_repeatable_with_a_seed(small_models_dir):
-    args = (
-        PROMPT,
-        "-n",
-        "10",
-        "--models_dir",
-        str(small_models_dir),
-        "--temperature",
-        "1.0",
-        "--top_k",
-        "40",
-        "--top_p",
-        "0.9",
-    )
-    first, again, other = run_cli(*args, "--seed", "3"), run_cli(*args, "--seed", "3"), run_cli(*args, "--seed", "4")
+def test_sampling_flags_are_repeatable_with_a_seed(small_models_dir, capsys):
+    args = (PROMPT, "-n", "10", "--models_dir", str(small_models_dir), "--temperature", "1.0", "--top_k", "40")
+    args += ("--top_p", "0.9")
+    first, again = cli(capsys, *args, "--seed", "3"), cli(capsys, *args, "--seed", "3")
+    other = cli(capsys, *args, "--seed", "4")
     assert first.returncode == 0, first.stderr
     assert first.stdout == again.stdout != other.stdout
 
 
-def test_end_of_text_flag_is_accepted(small_models_dir):
-    default = run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir))
-    result = run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir), "--nostop_at_end_of_text")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == default.stdout  # fire takes the flag; what it does: test_sampling's end-of-text tests
-
-
-def test_show_probs(small_models_dir, golden, tiktoken_gpt2):
-    result = run_cli(PROMPT, "-n", "3", "--models_dir", str(small_models_dir), "--show_probs", "4")
+def test_show_probs(small_models_dir, golden, tiktoken_gpt2, capsys):
+    result = cli(capsys, PROMPT, "-n", "3", "--models_dir", str(small_models_dir), "--show_probs", "4")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     greedy = golden["greedy_ids"][:3].tolist()
@@ -199,75 +148,48 @@ def docstring_descriptions(function):
     return {name: " ".join(text.split()) for name, text in descriptions.items()}
 
 
-def test_help_explains_every_flag_in_full():
-    import cli
-
-    descriptions = docstring_descriptions(cli.main)
-    assert list(descriptions) == list(inspect.signature(cli.main).parameters)
+def test_help_explains_every_flag_in_full(capsys):
+    descriptions = docstring_descriptions(cli_module.main)
+    assert list(descriptions) == list(inspect.signature(cli_module.main).parameters)
     for flag in ("--help", "-h"):
-        result = run_cli(PROMPT, flag)
+        result = cli(capsys, PROMPT, flag)
         assert result.returncode == 0 and result.stderr == ""
         assert result.stdout.startswith("usage: python gpt2.py PROMPT") and "INFO" not in result.stdout
         shown = " ".join(result.stdout.split())
-        for name, parameter in inspect.signature(cli.main).parameters.items():
+        for name, parameter in inspect.signature(cli_module.main).parameters.items():
             assert descriptions[name] in shown, name  # whole, not cut at a colon
             if name == "prompt":
                 assert "\n  PROMPT\n" in result.stdout
             elif isinstance(parameter.default, bool):
                 assert f"\n  --{'no' if parameter.default else ''}{name}\n" in result.stdout
             else:
-                default = "none" if parameter.default is None else parameter.default
-                assert f"--{name} " in result.stdout and f"(default: {default})" in result.stdout
+                assert f"--{name} " in result.stdout and "(default: " in result.stdout
+        assert "(default: 40)" in result.stdout and "(default: the context, 1024)" in result.stdout
         assert "\nexamples:\n" in result.stdout
 
 
-def test_unknown_flag_is_refused_before_any_work(model_server, tmp_path):
-    result = run_cli(
-        PROMPT, "--temprature", "0.8", "-n", "3", "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": model_server.url}
-    )
-    assert_clean_error(result, "error: unknown flag --temprature; did you mean --temperature?")
-    assert result.returncode == 2
-    assert model_server.requests == [] and os.listdir(tmp_path) == []  # nothing asked of the network, nothing written
-    result = run_cli(PROMPT, "-x", "--models_dir", str(tmp_path))
-    assert_clean_error(result, "unknown flag -x; see --help")
-    assert result.returncode == 2
-
-
-def test_unquoted_prompt_of_two_words_suggests_quotes(tmp_path):
-    result = run_cli("Hello", "world", "--models_dir", str(tmp_path))
-    assert_clean_error(result, "unexpected argument 'world'", "python gpt2.py 'Hello world'")
-    assert result.returncode == 2 and os.listdir(tmp_path) == []
+def test_help_from_a_new_process():
+    result = run_gpt2("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: python gpt2.py PROMPT")
 
 
 @pytest.mark.parametrize(
-    "args, code",
+    "args, message",
     [
-        ((PROMPT, "--temperature", "-1"), 2),  # a bad value
-        ((), 2),  # no prompt
-        ((PROMPT, "--file", "notes.txt"), 2),  # two sources of text
-        ((PROMPT, "--seed"), 2),  # a flag without its value
-        ((PROMPT,), 1),  # no network: a failure at run time
+        (("--temprature", "0.8"), "error: unknown flag --temprature; did you mean --temperature?"),
+        (("--n_token", "5"), "error: unknown flag --n_token; did you mean --n_tokens_to_generate?"),
+        (("-x",), "error: unknown flag -x; see --help"),
+        (("world",), "unexpected argument 'world': a prompt of several words goes in quotes, as in python gpt2.py"),
+        (("--stride", "3"), "error: --stride goes with --score"),
+        (("--prepend_end_of_text",), "error: --prepend_end_of_text goes with --score"),
+        (("--seed",), "error: --seed needs a value"),
     ],
 )
-def test_exit_codes(tmp_path, args, code):
-    result = run_cli(*args, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": closed_port_url()})
-    assert_clean_error(result)
-    assert result.returncode == code
-
-
-def test_text_flags_arrive_as_typed(small_models_dir, tmp_path):
-    """fire alone would hand main the number 2024 for --models_dir 2024, and a list for "[models]"."""
-    for name in ("2024", "[models]", "1e5"):
-        shutil.copytree(small_models_dir, tmp_path / name)
-        for args in (("--models_dir", name), (f"--models_dir={name}",)):
-            result = subprocess.run(
-                [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), PROMPT, "-n", "2", *args],
-                capture_output=True,
-                text=True,
-                cwd=tmp_path,
-                timeout=300,
-            )
-            assert result.returncode == 0, result.stderr
+def test_usage_mistakes_are_refused_before_any_work(served, tmp_path, capsys, args, message):
+    result = cli(capsys, PROMPT, "-n", "3", "--models_dir", str(tmp_path), *args)
+    assert_clean_error(result, message)
+    assert result.returncode == 2
+    assert served.requests == [] and os.listdir(tmp_path) == []  # nothing asked of the network, nothing written
 
 
 @pytest.mark.parametrize(
@@ -282,23 +204,88 @@ def test_text_flags_arrive_as_typed(small_models_dir, tmp_path):
         ("--seed", "1.5", "seed"),
         ("--seed", "abc", "seed"),
         ("--show_probs", "-1", "show_probs"),
-        ("--stride", "0", "stride"),
         ("--n_tokens_to_generate", "2000", "n_tokens_to_generate"),
+        ("--n_tokens_to_generate", "0", "n_tokens_to_generate"),
+        ("--n_tokens_to_generate", "2.5", "n_tokens_to_generate"),
+        ("--n_tokens_to_generate", "abc", "n_tokens_to_generate"),
+        ("--model_size", "7B", "124M, 355M, 774M, 1558M"),
+        ("--model_size", "../124M", "unknown model size"),
     ],
 )
-def test_bad_values_are_refused_before_any_work(model_server, tmp_path, flag, value, fragment):
-    result = run_cli(PROMPT, flag, value, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": model_server.url})
+def test_bad_values_are_refused_before_any_work(served, tmp_path, capsys, flag, value, fragment):
+    result = cli(capsys, PROMPT, flag, value, "--models_dir", str(tmp_path))
     assert_clean_error(result, fragment, value)
     assert result.returncode == 2
-    assert model_server.requests == [] and os.listdir(tmp_path) == []
+    assert served.requests == [] and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        ((PROMPT, "--temperature", "-1"), 2),  # a bad value
+        ((), 2),  # no prompt
+        ((PROMPT, "--file", "notes.txt"), 2),  # two sources of text
+        ((PROMPT,), 1),  # no network: a failure at run time
+    ],
+)
+def test_exit_codes(tmp_path, monkeypatch, fast_retries, capsys, args, code):
+    base = closed_port_url()
+    monkeypatch.setenv("GPT2_BASE_URL", base)
+    result = cli(capsys, *args, "--models_dir", str(tmp_path))
+    assert_clean_error(result)
+    assert result.returncode == code
+    if code == 1:
+        assert f"{base}/124M/checkpoint" in result.stderr
+        assert os.listdir(tmp_path) == []  # no empty folder, no lock file, no partial file under any name
+
+
+def test_usage_mistake_and_no_network_from_a_new_process(tmp_path):
+    result = run_gpt2(PROMPT, "--temprature", "1", "--models_dir", str(tmp_path))
+    assert_clean_error(result, "did you mean --temperature?")
+    assert result.returncode == 2
+    result = run_gpt2(PROMPT, "--models_dir", str(tmp_path), env={"GPT2_BASE_URL": str(tmp_path / "nowhere")})
+    assert_clean_error(result, f"could not copy {tmp_path}/nowhere/124M/checkpoint")
+    assert result.returncode == 1 and os.listdir(tmp_path) == []
+
+
+def test_text_flags_arrive_as_typed(small_models_dir, tmp_path, monkeypatch, capsys):
+    """fire alone would hand main the number 2024 for --models_dir 2024, and a list for "[models]"."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("2024", "[models]", "1e5"):
+        shutil.copytree(small_models_dir, tmp_path / name)
+        for args in (("--models_dir", name), (f"--models_dir={name}",)):
+            result = cli(capsys, PROMPT, "-n", "2", *args)
+            assert result.returncode == 0, result.stderr
+
+
+def test_import_gpt2_loads_numpy_only_and_python_gpt2_runs_it_once():
+    """gpt2.py as a script registers itself as the module gpt2, so cli.py's import finds it."""
+    import subprocess
+
+    code = "import sys, gpt2; print(sorted(m for m in ('cli', 'fire', 'utils', 'requests') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True)
+    assert result.stdout == "[]\n", result.stderr
+    counting = (
+        "import runpy, sys, builtins\n"
+        "sys.argv = ['gpt2.py', '--help']\n"
+        "runpy.run_path('gpt2.py', run_name='__main__')\n"
+        "print('gpt2' in sys.modules and sys.modules['gpt2'].__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", counting], cwd=REPO_DIR, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "__main__"  # one module, not a second copy named gpt2
 
 
 def test_python_below_3_10_gets_one_clear_line():
     import glob
+    import subprocess
 
     old_pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[89].*/bin/python")))
     if not old_pythons:
         pytest.skip("no Python 3.8 or 3.9 installed through pyenv here")
-    old_python = old_pythons[-1]
-    result = subprocess.run([old_python, os.path.join(REPO_DIR, "gpt2.py"), PROMPT], capture_output=True, text=True)
+    result = subprocess.run(
+        [old_pythons[-1], os.path.join(REPO_DIR, "gpt2.py"), PROMPT], capture_output=True, text=True
+    )
     assert_clean_error(result, "error: gpt2.py needs Python 3.10 or newer, not 3.")
+    imported = subprocess.run([old_pythons[-1], "-c", "import gpt2"], cwd=REPO_DIR, capture_output=True, text=True)
+    assert "ImportError: gpt2.py needs Python 3.10 or newer" in imported.stderr

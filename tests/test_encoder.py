@@ -3,7 +3,7 @@
 import glob
 import os
 
-from conftest import PROMPT, PROMPT_IDS, REPO_DIR
+from helpers import PROMPT, PROMPT_IDS, REPO_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,3 +83,21 @@ def test_word_cache_stays_bounded(encoder, monkeypatch):
     ids = encoder.encode(text)
     assert len(encoder.cache) <= 1000
     assert encoder.decode(ids) == text
+
+
+TRICKY_TEXT = "Emoji 🤗👍🏽👩‍👩‍👧 and 日本語のテキスト, 한국어, ελληνικά."
+
+
+def test_stream_holds_back_split_characters(encoder):
+    ids = encoder.encode(TRICKY_TEXT)
+    assert any("\ufffd" in encoder.decode([i]) for i in ids)  # some characters are split over tokens
+    pieces = list(encoder.decode_stream(ids))
+    assert "".join(pieces) == TRICKY_TEXT == encoder.decode(ids)
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert len(pieces) > 10
+
+
+def test_stream_of_invalid_bytes_equals_decode(encoder):
+    ids = [encoder.encode("日")[0], 220, encoder.encode("🤗")[0]]  # lone first bytes of characters
+    assert "".join(encoder.decode_stream(ids)) == encoder.decode(ids)
+    assert "".join(encoder.decode_stream(ids[:1])) == encoder.decode(ids[:1])

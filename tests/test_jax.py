@@ -10,14 +10,13 @@ import types
 
 import numpy as np
 import pytest
-from conftest import PROMPT_IDS, REPO_DIR, SMALL_HPARAMS
+from helpers import N_HEAD, PROMPT_IDS, REPO_DIR, SMALL_HPARAMS
 
 import gpt2
 import gpt2_pico
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
-N_HEAD = SMALL_HPARAMS["n_head"]
 IMPORT_LINE = re.compile(r"^import numpy as np$", re.MULTILINE)
 
 

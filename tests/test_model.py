@@ -6,12 +6,10 @@ import tokenize
 
 import numpy as np
 import pytest
-from conftest import GREEDY_TOKENS, PROMPT_IDS, REPO_DIR, SEED, SMALL_HPARAMS
+from helpers import GREEDY_TOKENS, LONG_HPARAMS, N_HEAD, PROMPT_IDS, REPO_DIR, SEED, SMALL_HPARAMS
 
 import gpt2
 import gpt2_pico
-
-N_HEAD = SMALL_HPARAMS["n_head"]
 
 
 def test_logits_match_hf_golden(small_params, golden):
@@ -113,16 +111,6 @@ def test_live_against_transformers(hf_small, small_params):
         )
     ids = rng.randint(0, SMALL_HPARAMS["n_vocab"], 5).tolist()
     assert gpt2.generate(ids, small_params, N_HEAD, 30) == hf_greedy(hf_small, ids, 30)
-
-
-LONG_HPARAMS = {"n_vocab": 500, "n_ctx": 256, "n_embd": 32, "n_head": 4, "n_layer": 2}
-
-
-@pytest.fixture(scope="module")
-def long_params():
-    from random_model import nested_params, random_openai_variables
-
-    return nested_params(random_openai_variables(LONG_HPARAMS, SEED), LONG_HPARAMS["n_layer"])
 
 
 def test_cached_logits_match_full_forward_at_every_step(long_params):

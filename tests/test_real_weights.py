@@ -1,19 +1,44 @@
 """GPT-2 124M's published greedy outputs. Runs only where models/124M holds OpenAI's real weights."""
 
+import json
 import os
 
 import pytest
-from conftest import PROMPT, PROMPT_IDS, REPO_DIR
+from helpers import PROMPT, PROMPT_IDS, REPO_DIR
 
+import cli
 import gpt2
 import utils
 
 MODELS_DIR = os.path.join(REPO_DIR, "models")
+MODEL_DIR = os.path.join(MODELS_DIR, "124M")
+# What OpenAI's 124M release is known to hold, checkable offline: its hparams.json, and a data file of
+# 124,439,808 float32 values. (The tokenizer files' sha256 are checked by every load.)
+HPARAMS_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+DATA_BYTES_124M = 497_759_232
 
-pytestmark = pytest.mark.skipif(
-    not all(os.path.isfile(os.path.join(MODELS_DIR, "124M", name)) for name in utils.FILES),
-    reason="OpenAI's 124M weights are not in models/124M",
-)
+
+def why_not_openai_124m():
+    """Why models/124M is not OpenAI's 124M, or None where it looks like it."""
+    missing = [name for name in utils.FILES if not os.path.isfile(os.path.join(MODEL_DIR, name))]
+    if missing:
+        return f"OpenAI's 124M weights are not in models/124M ({', '.join(missing)} missing)"
+    try:
+        with open(os.path.join(MODEL_DIR, "hparams.json")) as f:
+            hparams = json.load(f)
+    except ValueError:
+        return "models/124M/hparams.json is not valid JSON"
+    if hparams != HPARAMS_124M:
+        return f"models/124M holds another model than OpenAI's 124M (hparams.json: {hparams})"
+    size = os.path.getsize(os.path.join(MODEL_DIR, utils.CHECKPOINT_DATA))
+    if size != DATA_BYTES_124M:
+        return (
+            f"models/124M holds another model than OpenAI's 124M ({size:,} bytes of weights, not {DATA_BYTES_124M:,})"
+        )
+    return None
+
+
+pytestmark = pytest.mark.skipif(why_not_openai_124m() is not None, reason=str(why_not_openai_124m()))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +53,7 @@ def test_alan_turing(model):
     assert ids == [262, 749, 3665, 8217, 319, 262, 5440, 13]
     assert encoder.decode(ids) == " the most powerful machines on the planet."
     assert (
-        gpt2.main(PROMPT, n_tokens_to_generate=8, models_dir=MODELS_DIR) == " the most powerful machines on the planet."
+        cli.main(PROMPT, n_tokens_to_generate=8, models_dir=MODELS_DIR) == " the most powerful machines on the planet."
     )
 
 

@@ -1,18 +1,16 @@
-"""Sampling (temperature, top-k, top-p, seed), end of text, and streaming, against HuggingFace's warpers."""
+"""Choosing the next token (temperature, top-k, top-p, seed) against HuggingFace's warpers, and where
+generation stops."""
 
 import numpy as np
 import pytest
-from conftest import GREEDY_TOKENS, PROMPT, PROMPT_IDS, SAMPLING_SETTINGS, SMALL_HPARAMS, WARPERS_PATH
+from helpers import GREEDY_TOKENS, N_HEAD, PROMPT_IDS, SAMPLING_SETTINGS, WARPERS_PATH, load_npz
 
 import gpt2
-
-N_HEAD = SMALL_HPARAMS["n_head"]
 
 
 @pytest.fixture(scope="module")
 def warpers():
-    with np.load(WARPERS_PATH, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    return load_npz(WARPERS_PATH)
 
 
 def assert_same_filtering(ours, theirs):
@@ -30,7 +28,7 @@ def test_filtering_matches_hf_golden(warpers, index):
 
 def test_filtering_matches_hf_live():
     pytest.importorskip("transformers")
-    from make_golden import hf_filter
+    from hf_reference import hf_filter
 
     rng = np.random.RandomState(11)
     logits = (rng.standard_normal((3, 50257)) * 2).astype(np.float32)
@@ -40,6 +38,19 @@ def test_filtering_matches_hf_live():
             assert_same_filtering(gpt2.filter_logits(row, temperature, top_k, top_p), expected_row)
 
 
+def test_a_tie_at_the_nucleus_boundary_is_filtered_as_hf_does():
+    """Eight equally likely tokens: with top_p 0.5 the cumulative probability of the least likely four
+    is exactly 1 - top_p, and HuggingFace drops a tail whose total is at most 1 - top_p (<=, not <)."""
+    logits = np.zeros((1, 8), dtype=np.float32)
+    filtered = gpt2.filter_logits(logits, 1.0, 0, 0.5)
+    assert np.isneginf(filtered).sum() == 4
+    pytest.importorskip("transformers")
+    from hf_reference import hf_filter
+
+    for top_p in (0.5, 0.25, 0.75):
+        assert_same_filtering(gpt2.filter_logits(logits, 1.0, 0, top_p), hf_filter(logits, 1.0, 0, top_p))
+
+
 @pytest.mark.parametrize("setting", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 4, 1.0), (1.0, 0, 0.8), (1.4, 6, 0.9)])
 def test_sampled_frequencies_follow_the_filtered_distribution(setting):
     temperature, top_k, top_p = setting
@@ -47,9 +58,9 @@ def test_sampled_frequencies_follow_the_filtered_distribution(setting):
     filtered = gpt2.filter_logits(logits, temperature, top_k, top_p)
     expected = np.exp(filtered.astype(np.float64) - filtered.max())
     expected /= expected.sum()
-    rng = np.random.default_rng(2024)
     n = 40_000
-    counts = np.bincount([int(gpt2.sample(filtered, rng.random())) for _ in range(n)], minlength=len(logits))
+    draws = gpt2.sample(np.broadcast_to(filtered, (n, len(filtered))), np.random.default_rng(2024).random(n))
+    counts = np.bincount(draws, minlength=len(logits))
     assert counts[expected == 0].sum() == 0  # filtered tokens are never drawn
     sigma = np.sqrt(expected * (1 - expected) / n)
     assert np.all(np.abs(counts / n - expected) <= 5 * sigma + 1e-12), (counts / n, expected)
@@ -79,29 +90,9 @@ def test_sampling_differs_from_greedy_and_respects_top_k(small_params):
     assert ids != gpt2.generate(PROMPT_IDS, small_params, N_HEAD, 20)
 
 
-@pytest.fixture
-def end_of_text_params(small_params):
-    """The small model with a final layer norm that always outputs <|endoftext|>'s embedding, so that
-    <|endoftext|> is always the most likely next token."""
-    n_embd = SMALL_HPARAMS["n_embd"]
-    ln_f = {"g": np.zeros(n_embd, np.float32), "b": small_params["wte"][gpt2.END_OF_TEXT].copy()}
-    return {**small_params, "ln_f": ln_f}
-
-
 def test_stops_at_end_of_text(end_of_text_params):
     assert gpt2.generate(PROMPT_IDS, end_of_text_params, N_HEAD, 5) == []
     assert gpt2.generate(PROMPT_IDS, end_of_text_params, N_HEAD, 5, stop_at_end_of_text=False) == [gpt2.END_OF_TEXT] * 5
-
-
-def test_main_stops_at_end_of_text_and_prints_nothing_of_it(end_of_text_params, encoder, monkeypatch, capsys):
-    import utils
-
-    monkeypatch.setattr(
-        utils, "load_encoder_hparams_and_params", lambda *_: (encoder, SMALL_HPARAMS, end_of_text_params)
-    )
-    assert gpt2.main(PROMPT, n_tokens_to_generate=3) == ""
-    assert capsys.readouterr().out == "\n"
-    assert gpt2.main(PROMPT, n_tokens_to_generate=3, stop_at_end_of_text=False) == "<|endoftext|>" * 3
 
 
 @pytest.mark.parametrize(
@@ -121,24 +112,6 @@ def test_main_stops_at_end_of_text_and_prints_nothing_of_it(end_of_text_params, 
 def test_bad_sampling_options(small_params, option, message):
     with pytest.raises(ValueError, match=message):
         gpt2.generate(PROMPT_IDS, small_params, N_HEAD, 3, **option)
-
-
-TRICKY_TEXT = "Emoji 🤗👍🏽👩‍👩‍👧 and 日本語のテキスト, 한국어, ελληνικά."
-
-
-def test_stream_holds_back_split_characters(encoder):
-    ids = encoder.encode(TRICKY_TEXT)
-    assert any("\ufffd" in encoder.decode([i]) for i in ids)  # some characters are split over tokens
-    pieces = list(encoder.decode_stream(ids))
-    assert "".join(pieces) == TRICKY_TEXT == encoder.decode(ids)
-    assert not any("\ufffd" in piece for piece in pieces)
-    assert len(pieces) > 10
-
-
-def test_stream_of_invalid_bytes_equals_decode(encoder):
-    ids = [encoder.encode("日")[0], 220, encoder.encode("🤗")[0]]  # lone first bytes of characters
-    assert "".join(encoder.decode_stream(ids)) == encoder.decode(ids)
-    assert "".join(encoder.decode_stream(ids[:1])) == encoder.decode(ids[:1])
 
 
 def test_notebook_streaming(small_params, encoder, golden):

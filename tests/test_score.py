@@ -1,24 +1,19 @@
 """Scoring a text (mean negative log-likelihood, perplexity) against HuggingFace's perplexity guide."""
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import PROMPT, REPO_DIR, SCORE_PATH, SCORE_STRIDES, SMALL_HPARAMS
-from test_cli import assert_clean_error, run_cli
+from helpers import N_HEAD, SCORE_PATH, SCORE_STRIDES, SMALL_HPARAMS, load_npz
 
 import gpt2
 
-N_HEAD, N_CTX = SMALL_HPARAMS["n_head"], SMALL_HPARAMS["n_ctx"]
+N_CTX = SMALL_HPARAMS["n_ctx"]
 
 
 @pytest.fixture(scope="module")
 def golden_score():
-    with np.load(SCORE_PATH, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    return load_npz(SCORE_PATH)
 
 
 def guide_windows(n_tokens, stride):
@@ -101,71 +96,3 @@ def test_log_softmax_is_stable_in_float32():
 def test_bad_input(small_params, ids, stride):
     with pytest.raises(ValueError):
         gpt2.score(ids, small_params, N_HEAD, stride)
-
-
-# The command line
-
-
-def perplexity_line(output):
-    return float(output.strip().splitlines()[-1].removeprefix("perplexity: "))
-
-
-def test_cli_scores_a_string_a_file_and_stdin(small_models_dir, small_params, encoder, tmp_path):
-    text = (PROMPT + ". ") * 30  # several windows long
-    expected = math.exp(gpt2.score(encoder.encode(text), small_params, N_HEAD, 20))
-    args = ("--score", "--stride", "20", "--models_dir", str(small_models_dir))
-    from_string = run_cli(text, *args)
-    assert from_string.returncode == 0, from_string.stderr
-    assert perplexity_line(from_string.stdout) == pytest.approx(expected, rel=1e-4)
-    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
-    assert run_cli("--file", str(tmp_path / "text.txt"), *args).stdout == from_string.stdout
-    piped = subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), "-", *args],
-        input=text.encode(),
-        capture_output=True,
-        timeout=300,
-    )
-    assert piped.stdout.decode() == from_string.stdout
-
-
-def test_cli_prepend_end_of_text_scores_the_first_token(small_models_dir, small_params, encoder):
-    ids = encoder.encode(PROMPT)
-    result = run_cli(PROMPT, "--score", "--prepend_end_of_text", "--models_dir", str(small_models_dir))
-    assert f"{len(ids) + 1} tokens, {len(ids)} scored" in result.stdout
-    expected = math.exp(gpt2.score([gpt2.END_OF_TEXT] + ids, small_params, N_HEAD))
-    assert perplexity_line(result.stdout) == pytest.approx(expected, rel=1e-4)
-
-
-def test_cli_shows_each_token_for_learners(small_models_dir, small_params, encoder):
-    ids = encoder.encode(PROMPT)
-    result = run_cli(PROMPT, "--score", "--show_probs", "1", "--models_dir", str(small_models_dir))
-    lines = result.stdout.splitlines()
-    token_lines = lines[1 : 1 + len(ids)]
-    assert "(context only)" in token_lines[0]
-    nlls = gpt2.token_nlls(ids, small_params, N_HEAD)
-    for line, nll in zip(token_lines[1:], nlls[1:]):
-        assert f"{math.exp(-nll):.1%}" in line and f"{nll / math.log(2):.1f} bits" in line
-
-
-def test_cli_generation_is_unchanged_by_the_new_flags(small_models_dir):
-    assert (
-        run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir), "--stride", "3").stdout
-        == run_cli(PROMPT, "-n", "5", "--models_dir", str(small_models_dir)).stdout
-    )
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (
-            ("Hello", "--score"),
-            "the text has 1 token; scoring needs 2, the first is only context (--prepend_end_of_text",
-        ),
-        ((PROMPT, "--score", "--stride", "0"), "stride"),
-        ((PROMPT, "--score", "--stride", "65"), "stride"),
-        (("--score", "--file", "/nonexistent/text.txt"), "cannot read /nonexistent/text.txt"),
-        ((PROMPT, "--score", "--file", "x.txt"), "not both"),
-    ],
-)
-def test_cli_bad_input(small_models_dir, args, fragment):
-    assert_clean_error(run_cli(*args, "--models_dir", str(small_models_dir)), fragment)

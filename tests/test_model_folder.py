@@ -1,4 +1,5 @@
-"""Loading OpenAI's model folder: the TensorFlow checkpoint, the converted .npy copy, and downloads."""
+"""Loading OpenAI's model folder (utils.py): the checkpoint converted once into the .npy copy (npy_copy.py),
+later loads from that copy, and copies that are damaged, out of date, or forged."""
 
 import json
 import os
@@ -8,32 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_DIR, SMALL_HPARAMS
+from helpers import REPO_DIR, SMALL_HPARAMS, assert_same_params, load
 
+import npy_copy
 import utils
-
-
-def assert_same_params(params, expected):
-    assert params.keys() == expected.keys()
-    assert len(params["blocks"]) == len(expected["blocks"])
-    flat, flat_expected = [], []
-
-    def walk(a, b):
-        if isinstance(b, dict):
-            assert a.keys() == b.keys()
-            for key in b:
-                walk(a[key], b[key])
-        elif isinstance(b, list):
-            for x, y in zip(a, b):
-                walk(x, y)
-        else:
-            flat.append(a)
-            flat_expected.append(b)
-
-    walk(params, expected)
-    for array, reference in zip(flat, flat_expected):
-        assert array.dtype == np.float32 and array.shape == reference.shape
-        np.testing.assert_array_equal(array, reference)
 
 
 def test_124M_has_the_published_parameter_count():
@@ -60,7 +39,7 @@ def test_matrices_are_stored_column_by_column_and_older_layouts_rebuilt(models_c
     manifest_path.write_text(json.dumps(manifest))
     utils.load_encoder_hparams_and_params("124M", str(models_copy))
     assert "out of date" in capfd.readouterr().err
-    assert json.loads(manifest_path.read_text())["format"] == utils.MANIFEST_FORMAT
+    assert json.loads(manifest_path.read_text())["format"] == npy_copy.MANIFEST_FORMAT
 
 
 def test_second_load_needs_no_tensorflow(models_copy, small_params, tmp_path):
@@ -109,3 +88,38 @@ def test_converted_copy_records_its_source(models_copy):
     manifest = json.loads(converted_file(models_copy, "manifest.json").read_text())
     assert set(manifest["source"]) == {"model.ckpt.data-00000-of-00001", "model.ckpt.index"}
     assert len(manifest["tensors"]) == 4 + 12 * SMALL_HPARAMS["n_layer"]
+
+
+def forge(converted, name, array):
+    """Put array in the copy as name, with a manifest that vouches for it: the copy stays current."""
+    np.save(converted / name, array, allow_pickle=True)
+    manifest = json.loads((converted / "manifest.json").read_text())
+    manifest["tensors"][name] = os.path.getsize(converted / name)
+    (converted / "manifest.json").write_text(json.dumps(manifest))
+
+
+class CreatesFileWhenUnpickled:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))  # what unpickling it runs
+
+
+def test_converted_copy_is_never_unpickled(models_copy, small_params, tmp_path, capsys):
+    """A .npy file holding a pickle, with a manifest that vouches for it, is rebuilt, not run."""
+    converted, marker = models_copy / "124M" / "npy", tmp_path / "unpickled"
+    forge(converted, "wte.npy", np.array([CreatesFileWhenUnpickled(str(marker))], dtype=object))
+    model_dir, hparams = str(models_copy / "124M"), utils.load_hparams(str(models_copy / "124M"))
+    assert npy_copy.is_current(model_dir, utils.expected_shapes(hparams), utils.source_fingerprint(model_dir))
+    assert_same_params(load(models_copy)[2], small_params)
+    assert not marker.exists()
+    assert "rebuilding" in capsys.readouterr().err
+
+
+def test_converted_copy_of_another_dtype_is_rebuilt(models_copy, small_params, capsys):
+    """Float64 arrays of the right shapes would load, and silently make every product float64."""
+    converted = models_copy / "124M" / "npy"
+    forge(converted, "ln_f.g.npy", small_params["ln_f"]["g"].astype(np.float64))
+    assert_same_params(load(models_copy)[2], small_params)
+    assert "rebuilding" in capsys.readouterr().err

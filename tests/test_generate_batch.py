@@ -3,19 +3,9 @@ neighbours; sampled rows depend only on the seed and the row's index; the batche
 
 import numpy as np
 import pytest
-from conftest import GREEDY_TOKENS, PROMPT_IDS, SMALL_HPARAMS
+from helpers import GREEDY_TOKENS, LONG_HPARAMS, N_HEAD, PROMPT_IDS, SMALL_HPARAMS
 
 import gpt2
-
-N_HEAD = SMALL_HPARAMS["n_head"]
-LONG_HPARAMS = {"n_vocab": 500, "n_ctx": 256, "n_embd": 32, "n_head": 4, "n_layer": 2}
-
-
-@pytest.fixture(scope="module")
-def long_params():
-    from random_model import nested_params, random_openai_variables
-
-    return nested_params(random_openai_variables(LONG_HPARAMS, 1), LONG_HPARAMS["n_layer"])
 
 
 def ragged_prompts(seed, lengths, n_vocab):
@@ -27,7 +17,7 @@ def test_ragged_rows_equal_single_runs_step_by_step(long_params):
     prompts = ragged_prompts(0, (1, 150, 7, 33, 7), LONG_HPARAMS["n_vocab"])  # a row of 1 token, one of 150
     n_tokens = 60
     per_row = {row: [] for row in range(len(prompts))}
-    for step in gpt2.generate_batch_stream(prompts, long_params, N_HEAD, n_tokens):
+    for step in gpt2.generate_batch_stream(prompts, long_params, N_HEAD, n_tokens, batch_size=2):
         for row, token_id, logits in step:
             per_row[row].append((token_id, logits))
     for row, inputs in enumerate(prompts):

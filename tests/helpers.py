@@ -1,0 +1,161 @@
+"""What several test files share: the small random model's settings, the published prompt, ways to run
+the command line (in this process, or as `python gpt2.py` in a new one), and common assertions."""
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(TESTS_DIR)
+
+# The small random model that the golden files and the model-folder tests use: GPT-2's real vocabulary
+# (so the real tokenizer works with it) on a tiny body.
+SMALL_HPARAMS = {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2}
+N_HEAD = SMALL_HPARAMS["n_head"]
+SEED = 0
+# A longer context on a small vocabulary, for many steps of generation
+LONG_HPARAMS = {"n_vocab": 500, "n_ctx": 256, "n_embd": 32, "n_head": 4, "n_layer": 2}
+GOLDEN_PATH = os.path.join(TESTS_DIR, "golden", "hf_small.npz")
+WARPERS_PATH = os.path.join(TESTS_DIR, "golden", "hf_warpers.npz")
+SCORE_PATH = os.path.join(TESTS_DIR, "golden", "hf_score.npz")
+PROMPT = "Alan Turing theorized that computers would one day become"
+PROMPT_IDS = [36235, 39141, 18765, 1143, 326, 9061, 561, 530, 1110, 1716]  # OpenAI's tokenizer, published
+GREEDY_TOKENS = 40
+SCORE_STRIDES = (64, 32, 17)  # n_ctx of SMALL_HPARAMS, half of it, and one that does not divide it
+# (temperature, top_k, top_p) as HuggingFace's generate takes them
+SAMPLING_SETTINGS = [
+    (1.0, 0, 1.0),
+    (0.7, 0, 1.0),
+    (1.5, 0, 1.0),
+    (1.0, 10, 1.0),
+    (1.0, 1, 1.0),
+    (1.0, 0, 0.9),
+    (1.0, 0, 0.5),
+    (1.0, 0, 0.01),
+    (0.8, 50, 0.95),
+    (1.3, 5, 0.6),
+    (0.5, 200, 0.3),
+]
+
+
+def load_npz(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def gpt2_command(*args):
+    return [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *args]
+
+
+def run_gpt2(*args, stdin=None, env=None, cwd=None, script="gpt2.py"):
+    """`python gpt2.py ARGS...` in a new process; stdin: the text (str) or bytes it reads."""
+    completed = subprocess.run(
+        [sys.executable, os.path.join(REPO_DIR, script), *args],
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def start_gpt2(*args, stdin=None):
+    """`python gpt2.py ARGS...` started in a new process, text output in pipes."""
+    return subprocess.Popen(gpt2_command(*args), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class Result:
+    """What a run of the command line gave: returncode, and stdout and stderr as text."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode = returncode
+        self.stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+        self.stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+
+
+def cli(capsys, *args):
+    """The command line in this process (cli.run_command_line, as `python gpt2.py ARGS...` runs it):
+    its exit code and output. For everything a new process adds nothing to."""
+    import cli
+
+    capsys.readouterr()
+    try:
+        cli.run_command_line(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def assert_clean_error(result, *fragments):
+    """One line on stderr, starting "error: ", nothing on stdout, no traceback, a non-zero exit."""
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def assert_same_params(params, expected):
+    """The same nested dict of float32 arrays, bit for bit."""
+    assert params.keys() == expected.keys()
+    assert len(params["blocks"]) == len(expected["blocks"])
+    flat, flat_expected = [], []
+
+    def walk(a, b):
+        if isinstance(b, dict):
+            assert a.keys() == b.keys()
+            for key in b:
+                walk(a[key], b[key])
+        elif isinstance(b, list):
+            for x, y in zip(a, b):
+                walk(x, y)
+        else:
+            flat.append(a)
+            flat_expected.append(b)
+
+    walk(params, expected)
+    for array, reference in zip(flat, flat_expected):
+        assert array.dtype == np.float32 and array.shape == reference.shape
+        np.testing.assert_array_equal(array, reference)
+
+
+def load(models_dir, model_size="124M"):
+    import utils
+
+    return utils.load_encoder_hparams_and_params(model_size, str(models_dir))
+
+
+def closed_port_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
+
+
+def hf_greedy_text(model, tiktoken_gpt2, ids, n_tokens):
+    """What the command line should print: HuggingFace's greedy continuation, up to <|endoftext|>."""
+    from hf_reference import hf_greedy
+
+    new_ids = hf_greedy(model, ids, n_tokens)
+    if tiktoken_gpt2.eot_token in new_ids:
+        new_ids = new_ids[: new_ids.index(tiktoken_gpt2.eot_token)]
+    return tiktoken_gpt2.decode(new_ids)
+
+
+def read_until(pipe, text, timeout=60):
+    """What a process wrote to pipe (its stdout or stderr) until text appeared in it."""
+    shown, deadline = b"", time.monotonic() + timeout
+    while text.encode() not in shown and time.monotonic() < deadline:
+        if select.select([pipe], [], [], 0.05)[0]:
+            shown += os.read(pipe.fileno(), 1 << 16)
+    return shown.decode()
