@@ -30,7 +30,7 @@ END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documen
 
 def in_place(function, x):  # function(x), written over x where the array library allows it
     """NumPy writes the result over x: a prompt's activations are megabytes, and a fresh array for them
-    costs page faults (README: How generation is made fast). JAX's arrays are immutable and its
+    costs page faults (docs/fast-generation.md). JAX's arrays are immutable and its
     functions take no out=, so there the result is a new array."""
     try:
         return function(x, out=x)

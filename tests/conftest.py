@@ -55,7 +55,7 @@ def long_params():
 def hf_small(small_variables):
     """HuggingFace's GPT2LMHeadModel holding the small random weights; skips where transformers is missing."""
     pytest.importorskip("transformers")
-    from hf_reference import hf_model
+    from random_model import hf_model
 
     return hf_model(small_variables, SMALL_HPARAMS)
 
@@ -87,7 +87,6 @@ def small_models_dir(tmp_path_factory, small_variables):
     (remove 124M/npy to test the first load). Tests that only load it use it as it is; tests that
     change files must copy it first (models_copy)."""
     from random_model import write_openai_model_dir
-
     from utils import load_encoder_hparams_and_params
 
     models_dir = tmp_path_factory.mktemp("models")

@@ -1,42 +1,7 @@
-"""HuggingFace's GPT2LMHeadModel (PyTorch, CPU, float32) holding the same weights as our NumPy model."""
+"""What HuggingFace's GPT2LMHeadModel computes (PyTorch, CPU, float32): logits, greedy ids, the perplexity
+guide's windows, the sampling warpers. random_model.hf_model makes the model with our random weights."""
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-
-
-def hf_model(variables, hparams):
-    """GPT2LMHeadModel with OpenAI's variables (as made by random_model.random_openai_variables)."""
-    config = GPT2Config(
-        vocab_size=hparams["n_vocab"],
-        n_positions=hparams["n_ctx"],
-        n_embd=hparams["n_embd"],
-        n_layer=hparams["n_layer"],
-        n_head=hparams["n_head"],
-        activation_function="gelu_new",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5,
-    )
-    model = GPT2LMHeadModel(config).eval()
-    # HF's Conv1D keeps OpenAI's [n_in, n_out] layout, so conv weights only lose their leading 1.
-    state = {}
-    for name, value in variables.items():
-        *path, leaf = name.removeprefix("model/").split("/")  # "h0/attn/c_attn/w" or "wte"
-        path = [f"h.{p[1:]}" if p[0] == "h" and p[1:].isdigit() else p for p in path]
-        if path:
-            leaf = {"w": "weight", "g": "weight", "b": "bias"}[leaf]
-        else:
-            path, leaf = [leaf], "weight"  # wte, wpe
-        array = value[0] if value.ndim == 3 else value
-        state["transformer." + ".".join(path + [leaf])] = torch.from_numpy(array)
-    state["lm_head.weight"] = state["transformer.wte.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("masked_bias") for k in missing), (
-        missing,
-        unexpected,
-    )
-    return model
 
 
 def hf_logits(model, ids):

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for random_model
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import (
     GOLDEN_PATH,
@@ -21,8 +22,9 @@ from helpers import (
     SMALL_HPARAMS,
     WARPERS_PATH,
 )
-from hf_reference import hf_filter, hf_greedy, hf_guide_windows, hf_logits, hf_model
-from random_model import random_openai_variables
+from hf_reference import hf_filter, hf_greedy, hf_guide_windows, hf_logits
+
+from random_model import hf_model, random_openai_variables
 
 
 def main():

@@ -171,8 +171,8 @@ def test_interactive_ctrl_c_with_piped_prompts_ends_the_run(small_models_dir, tm
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert stderr.splitlines()[-1] == "interrupted" and "Traceback" not in stderr
-    assert "(stopped)" not in stdout
+    assert stderr in ("", "interrupted\n")  # at the prompt, or during a generation
+    assert "(stopped)" not in stdout and stdout.count(">>> ") < 2000
 
 
 @pytest.mark.parametrize(

