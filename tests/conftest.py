@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -14,7 +15,11 @@ sys.path.insert(0, REPO_DIR)
 
 def pytest_configure(config):
     """Every temporary file of the run in one folder that goes when the run ends: pytest's own
-    folders (which it would keep as pytest-of-USER), and the caches that torch writes."""
+    folders (which it would keep as pytest-of-USER), and the caches that torch writes. And Ctrl-C's
+    usual action for the processes the tests start and interrupt, also where the suite itself was
+    started with SIGINT ignored (a shell script's `command &`): they inherit it."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if config.option.basetemp is None:
         config.option.basetemp = config.suite_temp = tempfile.mkdtemp(prefix="gpt2-tests-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(config.suite_temp, "torchinductor")
@@ -113,7 +118,7 @@ def model_server(small_models_dir):
 def fast_retries(monkeypatch):
     import download
 
-    monkeypatch.setattr(download, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(download, "READ_TIMEOUT", 0.25)
     monkeypatch.setattr(download, "BACKOFF", 0.01)
 
 

@@ -66,9 +66,16 @@ def run_gpt2(*args, stdin=None, env=None, cwd=None, script="gpt2.py"):
     return Result(completed.returncode, completed.stdout, completed.stderr)
 
 
-def start_gpt2(*args, stdin=None):
+def start_gpt2(*args, stdin=None, **kwargs):
     """`python gpt2.py ARGS...` started in a new process, text output in pipes."""
-    return subprocess.Popen(gpt2_command(*args), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        gpt2_command(*args),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 class Result:

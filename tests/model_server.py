@@ -36,10 +36,10 @@ class ModelServer:
 
 
 class FileHandler(http.server.BaseHTTPRequestHandler):
-    """Modes: ok; 404; 500_twice (500 to the first two requests); slow (2 s before answering);
+    """Modes: ok; 404; 500_twice (500 to the first two requests); slow (1 s before answering);
     garbage (other bytes than the file); ignore_range (always the whole file, status 200); short
     (half of what Content-Length announces, then the connection closes); drop_once (short, the first
-    time only); throttle (64 KiB every 20 ms)."""
+    time only); throttle (64 KiB every 5 ms)."""
 
     def __init__(self, state, *args, **kwargs):
         self.state = state
@@ -60,7 +60,7 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         if mode == "500_twice" and n_hits <= 2:
             return self.send_error(500)
         if mode == "slow":
-            time.sleep(2)
+            time.sleep(1)
         with open(path, "rb") as f:
             data = f.read()
         if mode == "garbage":
@@ -84,7 +84,7 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
             for i in range(0, len(body), 1 << 16):
                 self.wfile.write(body[i : i + (1 << 16)])
                 if mode == "throttle":
-                    time.sleep(0.02)
+                    time.sleep(0.005)
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.close_connection = True

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO_DIR, SMALL_HPARAMS, assert_same_params, closed_port_url, gpt2_command, load
+from helpers import REPO_DIR, SMALL_HPARAMS, assert_same_params, closed_port_url, load, start_gpt2
 
 import download
 import utils
@@ -210,10 +210,13 @@ def test_unknown_model_size_is_not_a_path(served, tmp_path):
 
 def start_loading(models_dir, server, *cli_args):
     """A new process loading the model (or running `python gpt2.py CLI_ARGS...`) from the server."""
-    code = f"import utils; utils.load_encoder_hparams_and_params('124M', {str(models_dir)!r})"
-    command = gpt2_command(*cli_args) if cli_args else [sys.executable, "-c", code]
     env = {**os.environ, "GPT2_BASE_URL": server.url}
-    return subprocess.Popen(command, cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if cli_args:
+        return start_gpt2(*cli_args, env=env)
+    code = f"import utils; utils.load_encoder_hparams_and_params('124M', {str(models_dir)!r})"
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_part(model_dir, size, timeout=60):

@@ -55,11 +55,14 @@ def random_ids(seed, *shape):
 def test_logits_equal_numpy_on_a_list_and_an_array(modules, small_params, jax_params):
     numpy_module, jax_module = modules
     expected = numpy_module.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD)
-    for params in (small_params, jax_params):
-        for ids in (PROMPT_IDS, np.array(PROMPT_IDS), jnp.array(PROMPT_IDS)):
-            logits = jax_module.gpt2(ids, **params, n_head=N_HEAD)
-            assert isinstance(logits, jax.Array) and logits.dtype == jnp.float32
-            np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
+    for params, ids in (
+        (small_params, PROMPT_IDS),
+        (jax_params, np.array(PROMPT_IDS)),
+        (jax_params, jnp.array(PROMPT_IDS)),
+    ):
+        logits = jax_module.gpt2(ids, **params, n_head=N_HEAD)
+        assert isinstance(logits, jax.Array) and logits.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
 
 
 def test_jit_gives_the_same_for_several_lengths_with_no_leaked_tracers(modules, small_params, jax_params):
