@@ -1,8 +1,8 @@
-"""GPT-2 in NumPy: the forward pass as small pure functions, generation, scoring, and `python gpt2.py`.
+"""GPT-2 in NumPy: the forward pass as small pure functions, generation and scoring.
 
     python gpt2.py "Alan Turing theorized that computers would one day become" --n_tokens_to_generate 8
 
-Read it top to bottom: the building blocks first, then one transformer block, then the whole model.
+runs the command line, cli.py, on top of these functions. Read it top to bottom: the building blocks first, then one transformer block, then the whole model.
 Shapes are in the comments: n_seq tokens, n_embd features, n_head heads, n_vocab vocabulary entries;
 `...` stands for leading axes, none for one text and [n_batch] for rows of several.
 Every array is float32; constants are Python floats, because a NumPy float64 scalar such as
