@@ -48,19 +48,19 @@ def load_npz(path):
         return {name: data[name] for name in data.files}
 
 
-def gpt2_command(*args):
-    return [sys.executable, os.path.join(REPO_DIR, "gpt2.py"), *args]
+def gpt2_command(*args, script="gpt2.py"):
+    """`python gpt2.py ARGS...` (or another of the repository's scripts) as a command to run."""
+    return [sys.executable, os.path.join(REPO_DIR, script), *args]
 
 
-def run_gpt2(*args, stdin=None, env=None, cwd=None, script="gpt2.py"):
+def run_gpt2(*args, stdin=None, env=None, script="gpt2.py"):
     """`python gpt2.py ARGS...` in a new process; stdin: the text (str) or bytes it reads."""
     completed = subprocess.run(
-        [sys.executable, os.path.join(REPO_DIR, script), *args],
+        gpt2_command(*args, script=script),
         input=stdin.encode() if isinstance(stdin, str) else stdin,
         stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         env={**os.environ, **(env or {})},
-        cwd=cwd,
         timeout=300,
     )
     return Result(completed.returncode, completed.stdout, completed.stderr)
