@@ -51,9 +51,10 @@ class Run:
         }
 
     def load(self):
-        from utils import load_encoder_hparams_and_params
+        from utils import load_model
 
-        self.encoder, self.hparams, self.params = load_encoder_hparams_and_params(self.model_size, self.models_dir)
+        model = self.model or self.model_size or "124M"
+        self.encoder, self.hparams, self.params = load_model(model, self.models_dir, self.revision)
         self.n_head = self.hparams["n_head"]
 
 
@@ -306,7 +307,9 @@ def generate_text(run, input_ids):
 def main(
     prompt=None,
     n_tokens_to_generate=40,
-    model_size="124M",
+    model_size=None,
+    model=None,
+    revision="main",
     models_dir="models",
     temperature=0.0,
     top_k=0,
@@ -331,8 +334,14 @@ def main(
             An empty prompt "" starts a fresh document, from <|endoftext|>.
         n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
             100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
-        model_size: which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower).
-        models_dir: the folder for the models; a missing model is downloaded there first.
+        model_size: which of OpenAI's models: 124M (the default), 355M, 774M or 1558M (bigger writes
+            better, slower).
+        model: instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's
+            (config.json, model.safetensors, vocab.json, merges.txt), or a model on the HuggingFace hub
+            such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there).
+        revision: with --model NAME, the hub's branch, tag or commit to take (default main).
+        models_dir: the folder for the models; a missing model is downloaded there first, and the
+            converted copy of every model is kept there.
         temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
             same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
             words, 1 samples the model as it is, above 1 gets more surprising.
@@ -385,7 +394,7 @@ class UsageError(ValueError):
 
 def check_flags(run):
     """Every value main() is given, before anything is loaded or downloaded."""
-    from utils import check_model_size
+    from utils import check_model_name, check_model_size
 
     modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
     modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
@@ -396,8 +405,13 @@ def check_flags(run):
         raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
     if run.prompt is not None and not isinstance(run.prompt, str):
         raise UsageError(f"the prompt must be text, not {run.prompt!r} (on the command line, give it first)")
+    if run.model is not None and run.model_size is not None:
+        raise UsageError("give --model or --model_size, not both")
     try:
-        check_model_size(run.model_size)
+        if run.model is not None:
+            check_model_name(run.model)
+        if run.model_size is not None:
+            check_model_size(run.model_size)
         for name, low in (("show_probs", 0), ("n_samples", 1), ("batch_size", 1)):
             check_whole_number(name, getattr(run, name), low)
         if not run.score:
@@ -460,16 +474,25 @@ def fire_arguments(args):
     return result
 
 
-TEXT_FLAGS = {"prompt", "model_size", "models_dir", "file", "jsonl"}
+TEXT_FLAGS = {"prompt", "model_size", "model", "revision", "models_dir", "file", "jsonl"}
 METAVARS = {
     "model_size": "SIZE",
+    "model": "NAME_OR_PATH",
+    "revision": "REVISION",
     "models_dir": "DIR",
     "file": "PATH",
     "jsonl": "PATH",
     "temperature": "T",
     "top_p": "P",
 }
-DEFAULTS_SHOWN = {"seed": "none: each run differs", "stride": f"the context, {N_CTX}", "file": "none", "jsonl": "none"}
+DEFAULTS_SHOWN = {
+    "model_size": "124M",
+    "model": "none",
+    "seed": "none: each run differs",
+    "stride": f"the context, {N_CTX}",
+    "file": "none",
+    "jsonl": "none",
+}
 EXAMPLES = """\
   python gpt2.py "Alan Turing theorized that computers would one day become" -n 8
   python gpt2.py "The meaning of life is" --temperature 0.8 --top_k 40 --seed 1 -n 100
@@ -478,7 +501,8 @@ EXAMPLES = """\
   python gpt2.py "The capital of France is" -n 5 --show_probs 5
   python gpt2.py --file essay.txt --score
   python gpt2.py --jsonl prompts.jsonl -n 20 > completions.jsonl
-  python gpt2.py --interactive --temperature 0.8 --top_k 40"""
+  python gpt2.py --interactive --temperature 0.8 --top_k 40
+  python gpt2.py "Hello, I'm a language model," --model distilgpt2"""
 
 
 def help_text():

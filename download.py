@@ -9,6 +9,7 @@ retried with back-off by urllib3; a body shorter than its Content-Length is refu
 
 import errno
 import os
+import re
 import shutil
 import sys
 import time
@@ -18,6 +19,10 @@ from files import check_room, disk_full, fsync_path, megabytes, sha256_of, synce
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds: to connect, and between two pieces of a response
 ATTEMPTS = 4  # tries of one file: failed connections, 5xx answers, and transfers that break off midway
 BACKOFF = 1.0  # seconds before the second try, doubled before each later one
+
+
+class NotFound(OSError):
+    """The server has no such file (HTTP 404)."""
 
 
 def part_path(path):
@@ -40,9 +45,20 @@ def http_session():
     return session
 
 
+def announced_sha256(response):
+    """The sha256 a server vouches for, if any: the HuggingFace hub sends it as the ETag of large files,
+    or as X-Linked-Etag on the redirect to their storage."""
+    for answer in (*response.history, response):
+        for header in ("X-Linked-Etag", "ETag"):
+            value = answer.headers.get(header, "").removeprefix("W/").strip('"')
+            if re.fullmatch(r"[0-9a-f]{64}", value):
+                return value
+    return None
+
+
 def fetch(session, url, path):
     """Append the rest of url to path's .part file: ask for the bytes it lacks (an HTTP Range request),
-    or start over where the server sends the whole file."""
+    or start over where the server sends the whole file. Returns the sha256 the server vouches for."""
     from tqdm import tqdm
 
     part = part_path(path)
@@ -79,29 +95,31 @@ def fetch(session, url, path):
             have = os.path.getsize(part)
             kept = f"; the {megabytes(have)} downloaded so far stay in {os.path.basename(part)} to resume from"
             raise disk_full(os.path.dirname(path), f"for {os.path.basename(path)}", kept=kept) from None
+        return announced_sha256(response)
 
 
-def download_file(session, url, path, expected_sha256=None):
-    """Download url to path, resuming a transfer that breaks off while it makes progress."""
+def download_file(session, url, path, expected_sha256=None, hint=None):
+    """Download url to path, resuming a transfer that breaks off while it makes progress. The file must
+    have expected_sha256, or else the sha256 the server vouches for, if it does. hint: what to do when
+    it fails, for the error."""
     import requests
 
     name, part = os.path.basename(path), part_path(path)
+    hint = hint or "check the connection (or a proxy)"
     for attempt in range(1, ATTEMPTS + 1):
         had = os.path.getsize(part) if os.path.exists(part) else 0
         try:
-            fetch(session, url, path)
+            announced = fetch(session, url, path)
             break
         except (requests.HTTPError, requests.exceptions.RetryError) as e:  # an answer no retry will change
-            raise OSError(f"could not download {name} from {url}: {plain_cause(e)}; {WHAT_TO_DO}") from None
+            error = NotFound if getattr(e.response, "status_code", None) == 404 else OSError
+            raise error(f"could not download {name} from {url}: {plain_cause(e)}; {hint}") from None
         except requests.RequestException as e:
             progressed = os.path.exists(part) and os.path.getsize(part) > had
             if not progressed or attempt == ATTEMPTS:  # (connection failures were retried by urllib3 already)
-                raise OSError(f"could not download {name} from {url}: {plain_cause(e)}; {WHAT_TO_DO}") from None
+                raise OSError(f"could not download {name} from {url}: {plain_cause(e)}; {hint}") from None
             time.sleep(BACKOFF * 2 ** (attempt - 1))  # it broke off midway: resume after a pause
-    finish(path, url, expected_sha256)
-
-
-WHAT_TO_DO = "check the connection (or a proxy), or set GPT2_BASE_URL to a mirror or to a folder with the files"
+    finish(path, url, expected_sha256 or announced)
 
 
 def plain_cause(error):
@@ -129,9 +147,7 @@ def finish(path, source, expected_sha256=None):
     part = part_path(path)
     if expected_sha256 and sha256_of(part) != expected_sha256:
         os.remove(part)
-        raise OSError(
-            f"{source} is not the expected {os.path.basename(path)} (its sha256 differs); check GPT2_BASE_URL"
-        )
+        raise OSError(f"{source} is not the expected {os.path.basename(path)} (its sha256 differs); check the source")
     os.replace(part, path)
     fsync_path(os.path.dirname(path))
 
@@ -145,9 +161,10 @@ def copy_file(source, path, expected_sha256=None):
     finish(path, source, expected_sha256)
 
 
-def download_files(base, names, directory, sha256=None):
+def download_files(base, names, directory, sha256=None, hint=None):
     """{base}/{name} into directory/{name} for each name: base is a URL, or a folder (a path or file://).
-    sha256: {name: the sha256 the file must have}, for the files that have a known one."""
+    sha256: {name: the sha256 the file must have}, for the files that have a known one; hint: what to
+    do when a download fails."""
     sha256 = sha256 or {}
     os.makedirs(directory, exist_ok=True)
     if base.startswith("file://") or "://" not in base:
@@ -156,4 +173,4 @@ def download_files(base, names, directory, sha256=None):
         return
     with http_session() as session:
         for name in names:
-            download_file(session, f"{base}/{name}", os.path.join(directory, name), sha256.get(name))
+            download_file(session, f"{base}/{name}", os.path.join(directory, name), sha256.get(name), hint)

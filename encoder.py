@@ -129,10 +129,25 @@ class Encoder:
 def get_encoder(model_name, models_dir):
     """Read models_dir/model_name/encoder.json and vocab.bpe."""
     model_dir = os.path.join(models_dir, model_name)
-    with open(os.path.join(model_dir, "encoder.json"), encoding="utf-8") as f:
+    return read_encoder(os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe"))
+
+
+def read_encoder(vocabulary_path, merges_path):
+    """The tokenizer from OpenAI's encoder.json and vocab.bpe, or the same files under HuggingFace's
+    names, vocab.json and merges.txt."""
+    with open(vocabulary_path, encoding="utf-8") as f:
         encoder = json.load(f)
-    with open(os.path.join(model_dir, "vocab.bpe"), encoding="utf-8") as f:
+    with open(merges_path, encoding="utf-8") as f:
         bpe_data = f.read()
     # The first line is a version header; the file ends with a newline.
     bpe_merges = [tuple(line.split()) for line in bpe_data.split("\n")[1:-1]]
     return Encoder(encoder=encoder, bpe_merges=bpe_merges)
+
+
+def read_tokenizer_json(path):
+    """The tokenizer from HuggingFace's tokenizer.json, whose "model" section holds the same vocabulary
+    and merges (each merge as "a b" or as ["a", "b"])."""
+    with open(path, encoding="utf-8") as f:
+        model = json.load(f)["model"]
+    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in model["merges"]]
+    return Encoder(encoder=model["vocab"], bpe_merges=merges)

@@ -31,12 +31,14 @@ def tensor_sizes(directory, keys):
     return {f"{key}.npy": os.path.getsize(os.path.join(directory, f"{key}.npy")) for key in keys}
 
 
-def write(model_dir, tensors, shapes, source, needed):
+def write(model_dir, tensors, shapes, source, needed, source_name=None, config_name="hparams.json"):
     """Write tensors, (flat key, float32 array) pairs, as model_dir/npy/{key}.npy, each checked against
-    shapes ({flat key: shape}); source is a fingerprint of what they came from, kept in the manifest;
-    needed the bytes they take. Where the disk has no room for the new copy beside an old one, the old
-    one goes first: it is out of date, and the checkpoint can always make it again."""
+    shapes ({flat key: shape}, from the file config_name); source is a fingerprint of what they came
+    from, kept in the manifest; needed the bytes they take; source_name names it in errors. Where the
+    disk has no room for the new copy beside an old one, the old one goes first: it is out of date, and
+    the checkpoint can always make it again."""
     converted_dir = os.path.join(model_dir, CONVERTED_DIR)
+    source_name = source_name or f"the checkpoint in {model_dir}"
     if shutil.disk_usage(model_dir).free < needed:
         shutil.rmtree(converted_dir, ignore_errors=True)
     check_room(model_dir, "to convert the checkpoint", needed)
@@ -45,7 +47,7 @@ def write(model_dir, tensors, shapes, source, needed):
         for key, array in tensors:
             if array.shape != shapes.get(key):
                 raise SourceError(
-                    f"the checkpoint in {model_dir} has {key} of shape {array.shape}, hparams.json asks for {shapes.get(key)}"
+                    f"{source_name} has {key} of shape {array.shape}, {config_name} asks for {shapes.get(key)}"
                 )
             if key.endswith(".w") or key == "wte":
                 # Same [n_in, n_out] array, stored column by column: generating one token multiplies a
@@ -63,9 +65,7 @@ def write(model_dir, tensors, shapes, source, needed):
                 raise disk_full(model_dir, "to convert the checkpoint", needed) from None
         missing = [key for key in shapes if not os.path.exists(os.path.join(tmp_dir, f"{key}.npy"))]
         if missing:
-            raise SourceError(
-                f"the checkpoint in {model_dir} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
-            )
+            raise SourceError(f"{source_name} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         manifest = {"format": MANIFEST_FORMAT, "source": source, "tensors": tensor_sizes(tmp_dir, shapes)}
         with open(os.path.join(tmp_dir, MANIFEST), "w") as f:
             json.dump(manifest, f)

@@ -1,4 +1,5 @@
-"""OpenAI's GPT-2 model folders: `load_encoder_hparams_and_params(model_size, models_dir)`.
+"""GPT-2 model folders: `load_encoder_hparams_and_params(model_size, models_dir)` for OpenAI's, and
+`load_model(name_or_path, models_dir)` for any GPT-2, HuggingFace's layout and hub included.
 
 The first load of a model downloads its seven files into models_dir/model_size (download.py) and
 converts the checkpoint (read by checkpoint.py, every tensor's checksum verified) into the converted
@@ -10,6 +11,7 @@ processes end with one correct copy.
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -17,10 +19,11 @@ import sys
 
 import numpy as np
 
+import hf
 import npy_copy
 from checkpoint import CheckpointError, gpt2_tensors
-from download import download_files
-from encoder import get_encoder
+from download import NotFound, download_file, download_files, http_session
+from encoder import read_encoder
 from files import sha256_of
 
 MODEL_SIZES = ("124M", "355M", "774M", "1558M")
@@ -170,15 +173,20 @@ def model_lock(model_dir):
 def download(model_size, model_dir, names):
     """OpenAI's files from GPT2_BASE_URL: a URL ({base}/{model_size}/{file}), or a folder laid out the same."""
     base = os.environ.get("GPT2_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
-    download_files(f"{base}/{model_size}", sorted(names), model_dir, TOKENIZER_SHA256)
+    hint = "check the connection (or a proxy), or set GPT2_BASE_URL to a mirror or to a folder with the files"
+    download_files(f"{base}/{model_size}", sorted(names), model_dir, TOKENIZER_SHA256, hint)
 
 
 def repair(model_size, model_dir):
     """Under the folder's lock: download what is missing or damaged, then convert the checkpoint if the
-    converted copy is not current. A checkpoint that cannot be converted is downloaded again once."""
+    converted copy is not current. A checkpoint that cannot be converted is downloaded again once.
+    model_size None: a folder given by its path, from which nothing is downloaded."""
     with model_lock(model_dir):
         fetched = set()
         while problems := damaged_files(model_dir):
+            if model_size is None:
+                name = sorted(problems)[0]
+                raise OSError(f"{model_dir}/{name} is {problems[name]} (a folder given by its path is not downloaded)")
             again = fetched & set(problems)
             if again:  # downloaded afresh and still wrong: the source is at fault
                 name = sorted(again)[0]
@@ -205,6 +213,8 @@ def repair(model_size, model_dir):
                 needed = os.path.getsize(os.path.join(model_dir, CHECKPOINT_DATA))  # as many bytes as the data
                 return npy_copy.write(model_dir, tensors, shapes, source_fingerprint(model_dir), needed)
             except (CheckpointError, npy_copy.SourceError) as e:
+                if model_size is None:
+                    raise
                 if attempt == 2 or fetched >= set(CHECKPOINT_FILES):
                     raise CheckpointError(f"{e}, even as just downloaded; delete {model_dir} and run again") from None
                 print(f"{e}: downloading the checkpoint again", file=sys.stderr)
@@ -212,10 +222,9 @@ def repair(model_size, model_dir):
                 fetched |= set(CHECKPOINT_FILES)
 
 
-def load_encoder_hparams_and_params(model_size, models_dir):
-    """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
-    check_model_size(model_size)  # before any path is built from it
-    model_dir = os.path.join(models_dir, model_size)
+def load_openai_folder(model_dir, model_size=None):
+    """(encoder, hparams, params) from a folder in OpenAI's layout, repaired from OpenAI's storage if
+    model_size names what it holds."""
     ready = load_ready(model_dir)
     if ready is None:
         repair(model_size, model_dir)
@@ -223,4 +232,105 @@ def load_encoder_hparams_and_params(model_size, models_dir):
         if ready is None:
             raise OSError(f"could not read back the converted copy in {model_dir}/npy")
     hparams, params = ready
-    return get_encoder(model_size, models_dir), hparams, params
+    return read_encoder(os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe")), hparams, params
+
+
+def load_encoder_hparams_and_params(model_size, models_dir):
+    """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
+    check_model_size(model_size)  # before any path is built from it
+    return load_openai_folder(os.path.join(models_dir, model_size), model_size)
+
+
+# HuggingFace's layout (hf.py): a folder given by its path, a model in HuggingFace's cache, or one
+# downloaded from the hub into models_dir. Their converted copy always goes under models_dir, so that
+# read-only folders and HuggingFace's cache are never written into.
+
+
+def check_model_name(name_or_path):
+    """What load_model would make of it, before anything is loaded: "openai", "folder" or "hub"."""
+    if name_or_path in MODEL_SIZES:
+        return "openai"
+    if os.path.isdir(name_or_path):
+        return "folder"
+    if hf.HUB_NAME.fullmatch(name_or_path) and ".." not in name_or_path:
+        return "hub"
+    raise ValueError(
+        f"{name_or_path!r} is neither a folder nor a model name: give one of {', '.join(MODEL_SIZES)}, "
+        "a folder in OpenAI's or HuggingFace's layout, or a name on the HuggingFace hub such as distilgpt2"
+    )
+
+
+def load_model(name_or_path, models_dir="models", revision="main"):
+    """(encoder, hparams, params) of any GPT-2: one of OpenAI's sizes ("124M"), a folder in OpenAI's
+    layout or HuggingFace's, or a model on the HuggingFace hub ("distilgpt2",
+    "openai-community/gpt2-medium") at a revision (a branch, tag or commit), taken from HuggingFace's
+    cache when it is there and downloaded into models_dir otherwise."""
+    kind = check_model_name(name_or_path)
+    if kind == "openai":
+        return load_encoder_hparams_and_params(name_or_path, models_dir)
+    if kind == "folder" and os.path.isfile(os.path.join(name_or_path, "hparams.json")):
+        return load_openai_folder(name_or_path)
+    if kind == "folder":
+        path = os.path.realpath(name_or_path)
+        slug = f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
+        return load_hf_folder(name_or_path, os.path.join(models_dir, "hf", "local", slug))
+    work_dir = os.path.join(models_dir, "hf", f"{name_or_path.replace('/', '--')}@{revision}")
+    folder = hf.cache_snapshot(name_or_path, revision)
+    if folder is None:
+        folder = work_dir
+        if not os.path.isfile(os.path.join(folder, hf.WEIGHTS)) or not os.path.isfile(os.path.join(folder, hf.CONFIG)):
+            with model_lock(folder):
+                download_from_hub(name_or_path, revision, folder)
+    return load_hf_folder(folder, work_dir)
+
+
+def download_from_hub(repo, revision, folder):
+    """The files of a HuggingFace model that are not in folder yet: config.json, model.safetensors
+    (checked against the sha256 the hub gives for it), and the tokenizer, as vocab.json and merges.txt
+    or else tokenizer.json."""
+    base = hf.hub_url(repo, revision)
+    hint = "check the connection (or a proxy), the model's name and revision, or set HF_ENDPOINT to a mirror"
+    with http_session() as session:
+
+        def get(name):
+            if not os.path.isfile(os.path.join(folder, name)):
+                download_file(session, f"{base}/{name}", os.path.join(folder, name), hint=hint)
+
+        get(hf.CONFIG)
+        try:
+            get(hf.WEIGHTS)
+        except NotFound:
+            raise OSError(
+                f"{repo} has no {hf.WEIGHTS} at {revision} ({base}/{hf.WEIGHTS}: HTTP 404); only safetensors weights are read, never pytorch_model.bin, a pickle"
+            ) from None
+        try:
+            for name in hf.TOKENIZER_FILES:
+                get(name)
+        except NotFound:
+            get("tokenizer.json")
+
+
+def load_hf_folder(folder, work_dir):
+    """(encoder, hparams, params) from a folder in HuggingFace's layout, its converted copy in work_dir."""
+    config, weights = os.path.join(folder, hf.CONFIG), os.path.join(folder, hf.WEIGHTS)
+    if not os.path.isfile(config):
+        raise OSError(
+            f"{folder} has no {hf.CONFIG}: not a model folder in HuggingFace's layout (nor OpenAI's: no hparams.json)"
+        )
+    if not os.path.isfile(weights):
+        raise OSError(f"{folder} cannot be read: {hf.missing_weights_reason(folder)}")
+    hparams = hf.hparams_from_config(config)
+    encoder = hf.read_tokenizer(folder)
+    shapes = expected_shapes(hparams)
+    source = hf.fingerprint(weights)
+    flat = npy_copy.load(work_dir, shapes, source)
+    if flat is None:
+        with model_lock(work_dir):
+            if npy_copy.load(work_dir, shapes, source) is None:
+                print(f"Converting {weights} to NumPy arrays in {work_dir} (only once).", file=sys.stderr)
+                needed = 4 * sum(int(np.prod(shape)) for shape in shapes.values())
+                npy_copy.write(work_dir, hf.tensors(weights), shapes, source, needed, weights, hf.CONFIG)
+        flat = npy_copy.load(work_dir, shapes, source)
+        if flat is None:
+            raise OSError(f"could not read back the converted copy in {work_dir}/npy")
+    return encoder, hparams, nest(flat)
