@@ -11,7 +11,7 @@ import os
 import re
 
 from encoder import read_encoder, read_tokenizer_json
-from safetensors_file import read_tensors
+from safetensors_file import SafetensorsError, read_header, read_tensors
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under HuggingFace's names
@@ -80,6 +80,19 @@ def tensors(weights_path):
         key = flat_key(name)
         if key is not None:
             yield key, array
+
+
+def check_tensors(weights_path, shapes):
+    """Every tensor that shapes ({flat key: shape}, from config.json) asks for is in the file with that
+    shape: checked on the file's header, before any work."""
+    header, _ = read_header(weights_path)
+    found = {flat_key(name): shape for name, (_, shape, _, _) in header.items() if flat_key(name) is not None}
+    missing = [key for key in shapes if key not in found]
+    if missing:
+        raise SafetensorsError(f"{weights_path} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    for key, shape in found.items():
+        if shape != shapes.get(key):
+            raise SafetensorsError(f"{weights_path} has {key} of shape {shape}, {CONFIG} asks for {shapes.get(key)}")
 
 
 def fingerprint(weights_path):

@@ -26,7 +26,7 @@ class SafetensorsError(OSError):
 def read_header(path):
     """({tensor name: (dtype, shape, begin, end)}, where the data starts), every entry checked against
     the file: its dtype known, its byte range inside the data and as long as its shape needs."""
-    name, size = os.path.basename(path), os.path.getsize(path)
+    name, size = path, os.path.getsize(path)
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:

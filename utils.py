@@ -322,6 +322,7 @@ def load_hf_folder(folder, work_dir):
     hparams = hf.hparams_from_config(config)
     encoder = hf.read_tokenizer(folder)
     shapes = expected_shapes(hparams)
+    hf.check_tensors(weights, shapes)  # a damaged file is named before any work
     source = hf.fingerprint(weights)
     flat = npy_copy.load(work_dir, shapes, source)
     if flat is None:

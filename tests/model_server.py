@@ -1,6 +1,7 @@
 """An HTTP server on 127.0.0.1 for the download tests: it serves a models folder and misbehaves on request."""
 
 import functools
+import hashlib
 import http.server
 import os
 import re
@@ -39,7 +40,8 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
     """Modes: ok; 404; 500_twice (500 to the first two requests); slow (1 s before answering);
     garbage (other bytes than the file); ignore_range (always the whole file, status 200); short
     (half of what Content-Length announces, then the connection closes); drop_once (short, the first
-    time only); throttle (64 KiB every 5 ms)."""
+    time only); throttle (64 KiB every 5 ms); etag (the file's sha256 as its ETag, as the HuggingFace hub
+    sends for large files); etag_wrong (another sha256 as the ETag)."""
 
     def __init__(self, state, *args, **kwargs):
         self.state = state
@@ -65,6 +67,7 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
             data = f.read()
         if mode == "garbage":
             data = b"garbage " + data
+        etag = {"etag": hashlib.sha256(data).hexdigest(), "etag_wrong": "0" * 64}.get(mode)
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
         if match and mode != "ignore_range":
@@ -77,6 +80,8 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
+        if etag:  # as the HuggingFace hub vouches for a large file: its sha256 as the ETag
+            self.send_header("ETag", f'"{etag}"')
         self.end_headers()
         if mode == "short" or (mode == "drop_once" and n_hits == 1):
             body = body[: len(body) // 2]
