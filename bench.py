@@ -350,23 +350,37 @@ def report_score(times, n_tokens=4096):
         print(f"  stride {stride}: {duration:.2f} s, {n_tokens / duration:.0f} tokens/s")
 
 
+def first_and_later_loads(load, converted_dir, repeat):
+    """Seconds of a fresh process running load: with no converted copy (median of 3), and with it."""
+    first = []
+    for _ in range(3):
+        shutil.rmtree(converted_dir, ignore_errors=True)
+        first.append(seconds(in_fresh_process, "-c", load))
+    return statistics.median(first), median_seconds(in_fresh_process, repeat, "-c", load)
+
+
 def measure_load(models_dir, repeat=5):
     """Loading the 124M-shaped folder: the first time (checkpoint.py reads and checks the checkpoint, then
-    the .npy copy is written) and later (mmap), in this process and in a fresh one."""
+    the .npy copy is written) and later (mmap), in this process and in fresh ones; and the same weights
+    as a folder in HuggingFace's layout (safetensors), where transformers is installed."""
     import utils
 
     model_dir = make_random_model(models_dir)
     load = f"import utils; utils.load_encoder_hparams_and_params('124M', {models_dir!r})"
-    first = []
-    for _ in range(3):
-        shutil.rmtree(os.path.join(model_dir, "npy"), ignore_errors=True)
-        first.append(seconds(in_fresh_process, "-c", load))
-    return {
-        "first": statistics.median(first),
-        "later": median_seconds(utils.load_encoder_hparams_and_params, repeat, "124M", models_dir),
-        "fresh_process": median_seconds(in_fresh_process, repeat, "-c", load),
-        "cli": median_seconds(in_fresh_process, repeat, "gpt2.py", "Hello", "-n", "1", "--models_dir", models_dir),
-    }
+    times = dict(zip(("first", "fresh_process"), first_and_later_loads(load, os.path.join(model_dir, "npy"), repeat)))
+    times["later"] = median_seconds(utils.load_encoder_hparams_and_params, repeat, "124M", models_dir)
+    times["cli"] = median_seconds(in_fresh_process, repeat, "gpt2.py", "Hello", "-n", "1", "--models_dir", models_dir)
+    hf = hf_model_124M()
+    if hf is not None:
+        from random_model import write_hf_model_dir
+
+        folder = os.path.join(models_dir, "124M-hf")
+        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+            write_hf_model_dir(hf, folder)
+        load = f"import utils; utils.load_model({folder!r}, {models_dir!r})"
+        converted = os.path.join(models_dir, "hf", "local")
+        times["hf_first"], times["hf_fresh_process"] = first_and_later_loads(load, converted, repeat)
+    return times
 
 
 def report_load(times):
@@ -375,6 +389,12 @@ def report_load(times):
     print(f"  later loads, memory-mapped .npy: load_encoder_hparams_and_params {times['later'] * 1e3:.0f} ms")
     print(f"                                   in a fresh process              {times['fresh_process'] * 1e3:.0f} ms")
     print(f"  python gpt2.py 'Hello' --n_tokens_to_generate 1:                 {times['cli']:.2f} s")
+    if "hf_first" in times:
+        print("the same weights in HuggingFace's layout (model.safetensors), fresh processes:")
+        print(f"  first load, converted:                                         {times['hf_first']:.2f} s")
+        print(
+            f"  later loads, memory-mapped .npy:                               {times['hf_fresh_process'] * 1e3:.0f} ms"
+        )
 
 
 def distinct_files_text(paths, limit):

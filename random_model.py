@@ -180,3 +180,12 @@ def hf_model(variables, hparams):
         unexpected,
     )
     return model
+
+
+def write_hf_model_dir(model, folder, dtype=None):
+    """A folder in HuggingFace's layout: model.save_pretrained(folder) (safetensors, in dtype if given)
+    with OpenAI's tokenizer files under HuggingFace's names, vocab.json and merges.txt."""
+    (model.to(dtype) if dtype is not None else model).save_pretrained(folder)
+    shutil.copy(os.path.join(tokenizer_dir(), "encoder.json"), os.path.join(folder, "vocab.json"))
+    shutil.copy(os.path.join(tokenizer_dir(), "vocab.bpe"), os.path.join(folder, "merges.txt"))
+    return folder

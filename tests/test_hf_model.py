@@ -9,22 +9,15 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import PROMPT, SMALL_HPARAMS, assert_clean_error, assert_same_params, cli, closed_port_url
+from helpers import PROMPT, SMALL_HPARAMS, assert_clean_error, assert_same_params, cli, closed_port_url, hf_greedy_text
 
 import utils
+from random_model import write_hf_model_dir
 from safetensors_file import read_header
 
 pytest.importorskip("transformers")  # HuggingFace writes the folders these tests read
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
-
-
-def save_hf_folder(model, folder, tokenizer_dir, dtype=None):
-    """model.save_pretrained(folder), in dtype if given, with OpenAI's tokenizer files under HuggingFace's names."""
-    (model.to(dtype) if dtype is not None else model).save_pretrained(folder)
-    shutil.copy(os.path.join(tokenizer_dir, "encoder.json"), os.path.join(folder, "vocab.json"))
-    shutil.copy(os.path.join(tokenizer_dir, "vocab.bpe"), os.path.join(folder, "merges.txt"))
-    return folder
 
 
 def hf_random_model(**config):
@@ -49,7 +42,7 @@ def hf_greedy_ids(model, ids, n_tokens):
 @pytest.fixture(scope="module")
 def small_hf_folder(tmp_path_factory, hf_small, tokenizer_dir):
     """The small random model of the golden files, as HuggingFace saves it (keys transformer.h.0...)."""
-    return save_hf_folder(hf_small, str(tmp_path_factory.mktemp("hf") / "small"), tokenizer_dir)
+    return write_hf_model_dir(hf_small, str(tmp_path_factory.mktemp("hf") / "small"))
 
 
 @pytest.fixture
@@ -67,12 +60,12 @@ def check_against_hf(model, params, hparams, ids, n_greedy):
     )
 
 
-def test_a_folder_saved_by_huggingface_gives_its_logits_and_greedy_text(small_hf_folder, hf_small, tmp_path, capsys):
+def test_a_folder_saved_by_huggingface_gives_its_logits_and_greedy_text(
+    small_hf_folder, hf_small, tmp_path, tiktoken_gpt2, capsys
+):
     encoder, hparams, params = utils.load_model(small_hf_folder, str(tmp_path))
     assert hparams == SMALL_HPARAMS
     check_against_hf(hf_small, params, hparams, encoder.encode(PROMPT), 20)
-    from helpers import hf_greedy_text
-
     from random_model import tiktoken_gpt2
 
     result = cli(capsys, PROMPT, "-n", "12", "--model", small_hf_folder, "--models_dir", str(tmp_path))
@@ -82,18 +75,20 @@ def test_a_folder_saved_by_huggingface_gives_its_logits_and_greedy_text(small_hf
     assert scored.returncode == 0 and "perplexity" in scored.stdout
 
 
-def test_a_distilgpt2_like_model_of_six_layers(tmp_path, tokenizer_dir, capsys):
+def test_a_distilgpt2_like_model_of_six_layers(tmp_path, tiktoken_gpt2, capsys):
     model = hf_random_model(n_layer=6, n_embd=64, n_head=4, n_positions=128)
-    folder = save_hf_folder(model, str(tmp_path / "distil"), tokenizer_dir)
+    folder = write_hf_model_dir(model, str(tmp_path / "distil"))
     encoder, hparams, params = utils.load_model(folder, str(tmp_path / "models"))
     assert (hparams["n_layer"], hparams["n_ctx"]) == (6, 128) and len(params["blocks"]) == 6
     ids = np.random.RandomState(3).randint(0, 50257, 100).tolist()
     check_against_hf(model, params, hparams, ids, 25)
+    result = cli(capsys, PROMPT, "-n", "20", "--model", folder, "--models_dir", str(tmp_path / "models"))
+    assert result.stdout == hf_greedy_text(model, tiktoken_gpt2, encoder.encode(PROMPT), 20) + "\n"
 
 
-def test_the_124M_shape(tmp_path, tokenizer_dir):
+def test_the_124M_shape(tmp_path):
     model = hf_random_model()  # GPT2Config's defaults: 124M
-    folder = save_hf_folder(model, str(tmp_path / "gpt2"), tokenizer_dir)
+    folder = write_hf_model_dir(model, str(tmp_path / "gpt2"))
     _, hparams, params = utils.load_model(folder, str(tmp_path / "models"))
     assert hparams == {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
     assert params["wte"].flags.f_contiguous  # laid out as OpenAI's converted copies
@@ -117,14 +112,12 @@ def test_older_key_style_with_mask_buffers_reads_the_same(folder_copy, small_hf_
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_files_give_the_float32_logits_of_their_rounded_weights(
-    hf_small, tmp_path, tokenizer_dir, dtype
-):
+def test_half_precision_files_give_the_float32_logits_of_their_rounded_weights(hf_small, tmp_path, dtype):
     from transformers import GPT2LMHeadModel
 
     half = hf_random_model(n_layer=2, n_embd=32, n_head=4, n_positions=64)
     half.load_state_dict(hf_small.state_dict())
-    folder = save_hf_folder(half, str(tmp_path / dtype), tokenizer_dir, dtype=getattr(torch, dtype))
+    folder = write_hf_model_dir(half, str(tmp_path / dtype), dtype=getattr(torch, dtype))
     stored = {entry[0] for entry in read_header(os.path.join(folder, "model.safetensors"))[0].values()}
     assert stored == {{"float16": "F16", "bfloat16": "BF16"}[dtype]}
     reference = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()  # the rounded weights, widened
