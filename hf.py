@@ -22,8 +22,13 @@ HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "distilgpt2", "openai
 def hparams_from_config(path):
     """Our hparams from config.json; a field that asks for something the model functions do not compute
     is refused with one line that names it."""
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON: {e.msg.lower()} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object")
     n_embd = config.get("n_embd")
     # field: (what it must be, what it is by default, why)
     required = {

@@ -273,7 +273,7 @@ def load_model(name_or_path, models_dir="models", revision="main"):
     if kind == "folder":
         path = os.path.realpath(name_or_path)
         slug = f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
-        return load_hf_folder(name_or_path, os.path.join(models_dir, "hf", "local", slug))
+        return load_hf_folder(name_or_path, os.path.join(models_dir, "hf", "local", slug), name_or_path)
     work_dir = os.path.join(models_dir, "hf", f"{name_or_path.replace('/', '--')}@{revision}")
     folder = hf.cache_snapshot(name_or_path, revision)
     if folder is None:
@@ -281,7 +281,7 @@ def load_model(name_or_path, models_dir="models", revision="main"):
         if not os.path.isfile(os.path.join(folder, hf.WEIGHTS)) or not os.path.isfile(os.path.join(folder, hf.CONFIG)):
             with model_lock(folder):
                 download_from_hub(name_or_path, revision, folder)
-    return load_hf_folder(folder, work_dir)
+    return load_hf_folder(folder, work_dir, name_or_path)
 
 
 def download_from_hub(repo, revision, folder):
@@ -310,15 +310,16 @@ def download_from_hub(repo, revision, folder):
             get("tokenizer.json")
 
 
-def load_hf_folder(folder, work_dir):
-    """(encoder, hparams, params) from a folder in HuggingFace's layout, its converted copy in work_dir."""
+def load_hf_folder(folder, work_dir, name):
+    """(encoder, hparams, params) from a folder in HuggingFace's layout, its converted copy in work_dir;
+    name: the model as the user named it, for the messages."""
     config, weights = os.path.join(folder, hf.CONFIG), os.path.join(folder, hf.WEIGHTS)
     if not os.path.isfile(config):
         raise OSError(
             f"{folder} has no {hf.CONFIG}: not a model folder in HuggingFace's layout (nor OpenAI's: no hparams.json)"
         )
     if not os.path.isfile(weights):
-        raise OSError(f"{folder} cannot be read: {hf.missing_weights_reason(folder)}")
+        raise OSError(f"{name} cannot be read: {hf.missing_weights_reason(folder)}")
     hparams = hf.hparams_from_config(config)
     encoder = hf.read_tokenizer(folder)
     shapes = expected_shapes(hparams)
@@ -328,7 +329,7 @@ def load_hf_folder(folder, work_dir):
     if flat is None:
         with model_lock(work_dir):
             if npy_copy.load(work_dir, shapes, source) is None:
-                print(f"Converting {weights} to NumPy arrays in {work_dir} (only once).", file=sys.stderr)
+                print(f"Converting the weights of {name} to NumPy arrays in {work_dir} (only once).", file=sys.stderr)
                 needed = 4 * sum(int(np.prod(shape)) for shape in shapes.values())
                 npy_copy.write(work_dir, hf.tensors(weights), shapes, source, needed, weights, hf.CONFIG)
         flat = npy_copy.load(work_dir, shapes, source)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import PROMPT, SMALL_HPARAMS, assert_clean_error, assert_same_params, cli, closed_port_url, hf_greedy_text
 
+import gpt2
 import utils
 from random_model import write_hf_model_dir
 from safetensors_file import read_header
@@ -51,8 +52,6 @@ def folder_copy(small_hf_folder, tmp_path):
 
 
 def check_against_hf(model, params, hparams, ids, n_greedy):
-    import gpt2
-
     logits = gpt2.gpt2(ids, **params, n_head=hparams["n_head"])
     np.testing.assert_allclose(logits, hf_logits(model, ids), atol=1e-4, rtol=0)
     assert gpt2.generate(ids, params, hparams["n_head"], n_greedy, stop_at_end_of_text=False) == hf_greedy_ids(
@@ -82,6 +81,8 @@ def test_a_distilgpt2_like_model_of_six_layers(tmp_path, tiktoken_gpt2, capsys):
     assert (hparams["n_layer"], hparams["n_ctx"]) == (6, 128) and len(params["blocks"]) == 6
     ids = np.random.RandomState(3).randint(0, 50257, 100).tolist()
     check_against_hf(model, params, hparams, ids, 25)
+    prompts = [ids[:10], ids[:60], ids[5:6]]  # many texts at once, as for OpenAI's models
+    assert gpt2.generate_batch(prompts, params, 4, 15) == [gpt2.generate(p, params, 4, 15) for p in prompts]
     result = cli(capsys, PROMPT, "-n", "20", "--model", folder, "--models_dir", str(tmp_path / "models"))
     assert result.stdout == hf_greedy_text(model, tiktoken_gpt2, encoder.encode(PROMPT), 20) + "\n"
 
@@ -213,6 +214,29 @@ def first_tensor(header):
 )
 def test_a_damaged_safetensors_file_is_a_clear_error(folder_copy, tmp_path, capsys, damage, message):
     damage(folder_copy / "model.safetensors")
+    result = cli(capsys, PROMPT, "--model", str(folder_copy), "--models_dir", str(tmp_path / "models"))
+    assert_clean_error(result, message)
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "config.json").unlink(), "has no config.json: not a model folder in HuggingFace's layout"),
+        (lambda f: (f / "config.json").write_text("{oops"), "config.json is not JSON: expecting property name"),
+        (
+            lambda f: (f / "config.json").write_text('{"model_type": "gpt2", "n_embd": 32}'),
+            "has no usable vocab_size field",
+        ),
+        (
+            lambda f: (f / "merges.txt").unlink(),
+            "has no tokenizer: neither vocab.json and merges.txt nor tokenizer.json",
+        ),
+    ],
+    ids=["no config", "config not JSON", "config lacks a size", "no tokenizer"],
+)
+def test_a_folder_without_what_it_needs_says_what_is_missing(folder_copy, tmp_path, capsys, damage, message):
+    damage(folder_copy)
     result = cli(capsys, PROMPT, "--model", str(folder_copy), "--models_dir", str(tmp_path / "models"))
     assert_clean_error(result, message)
     assert result.returncode == 1
