@@ -2,11 +2,13 @@
 the command line (in this process, or as `python gpt2.py` in a new one), and common assertions."""
 
 import os
+import re
 import select
 import socket
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -166,3 +168,17 @@ def read_until(pipe, text, timeout=60):
         if select.select([pipe], [], [], 0.05)[0]:
             shown += os.read(pipe.fileno(), 1 << 16)
     return shown.decode()
+
+
+IMPORT_LINE = re.compile(r"^import numpy as np$", re.MULTILINE)
+
+
+def swapped(module):
+    """The module's source run with `import numpy as np` replaced by `import jax.numpy as np`."""
+    with open(module.__file__, encoding="utf-8") as f:
+        source = f.read()
+    assert len(IMPORT_LINE.findall(source)) == 1
+    jax_module = types.ModuleType(f"{module.__name__}_jax")
+    jax_module.__file__ = module.__file__
+    exec(compile(IMPORT_LINE.sub("import jax.numpy as np", source), module.__file__, "exec"), jax_module.__dict__)
+    return jax_module

@@ -6,36 +6,24 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
-from helpers import N_HEAD, PROMPT_IDS, REPO_DIR, SMALL_HPARAMS
+from helpers import N_HEAD, PROMPT_IDS, REPO_DIR, SMALL_HPARAMS, swapped
 
 import gpt2
 import gpt2_pico
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
-IMPORT_LINE = re.compile(r"^import numpy as np$", re.MULTILINE)
-
-
-def swapped(module):
-    """The module's source run with `import numpy as np` replaced by `import jax.numpy as np`."""
-    with open(module.__file__, encoding="utf-8") as f:
-        source = f.read()
-    assert len(IMPORT_LINE.findall(source)) == 1
-    jax_module = types.ModuleType(f"{module.__name__}_jax")
-    jax_module.__file__ = module.__file__
-    exec(compile(IMPORT_LINE.sub("import jax.numpy as np", source), module.__file__, "exec"), jax_module.__dict__)
-    assert jax_module.np is jnp
-    return jax_module
 
 
 @pytest.fixture(scope="module", params=[gpt2, gpt2_pico], ids=["gpt2", "gpt2_pico"])
 def modules(request):
     """(the NumPy module, the same source on JAX)"""
-    return request.param, swapped(request.param)
+    jax_module = swapped(request.param)
+    assert jax_module.np is jnp
+    return request.param, jax_module
 
 
 @pytest.fixture(scope="module")

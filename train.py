@@ -1,0 +1,225 @@
+"""Training GPT-2 in NumPy: the backward pass written by hand, and AdamW.
+
+Read it beside gpt2.py. The forward pass of training is gpt2.py's own functions, called in the same
+order as transformer_block and gpt2 call them, keeping the few arrays the backward pass needs. Each
+backward function takes the gradient of the loss with respect to a function's output (`d_out`, the
+same shape as the output) and returns the gradients with respect to its inputs and weights, by the
+chain rule; they come in the order a reader meets the forward functions.
+
+    loss, grads = loss_and_grads(params, batch, n_head)   # batch: ids [n_batch, n_seq + 1]
+
+`grads` is a nested dict shaped like `params`. Every gradient is checked against PyTorch's autograd
+(HuggingFace's GPT2LMHeadModel on the same weights) and against jax.grad(gpt2.lm_loss) in the tests.
+"""
+
+import math
+
+import numpy as np
+
+from gpt2 import attention, causal_mask, gelu, layer_norm, linear, log_softmax, softmax
+
+# The building blocks, backwards.
+
+
+def linear_backward(d_out, x, w):  # [..., m, out], [..., m, in], [in, out] -> dx [..., m, in], dw, db
+    d_out2, x2 = d_out.reshape(-1, d_out.shape[-1]), x.reshape(-1, x.shape[-1])  # every row of every text
+    dx = (d_out2 @ w.T).reshape(x.shape)  # each input feeds every output through w
+    dw = x2.T @ d_out2  # [in, m] @ [m, out]: summed over the rows, as the weights serve every row
+    return dx, {"w": dw, "b": d_out2.sum(axis=0)}
+
+
+def gelu_backward(d_out, x):  # elementwise: d/dx of 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 x^3)
+    c = math.sqrt(2.0 / math.pi)
+    tanh_u = np.tanh(c * (x + 0.044715 * x * x * x))
+    du_dx = c * (1.0 + 3 * 0.044715 * x * x)
+    return d_out * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
+
+
+def layer_norm_backward(d_out, x, g, eps=1e-5):  # [..., n], [..., n], [n] -> dx [..., n], dg, db
+    """The normalized x_hat = (x - mean) / std feeds the output through g; but every x_i also moves the
+    mean and the std that every x_hat_j is made with. So dx has three terms: the direct one, minus the
+    share each x_i has in the mean, minus its share in the variance (its part along x_hat)."""
+    n = x.shape[-1]
+    centered = x - x.sum(axis=-1, keepdims=True) / n
+    inv_std = 1.0 / np.sqrt((centered * centered).sum(axis=-1, keepdims=True) / n + eps)
+    x_hat = centered * inv_std
+    d_x_hat = d_out * g
+    dx = inv_std * (
+        d_x_hat - d_x_hat.mean(axis=-1, keepdims=True) - x_hat * (d_x_hat * x_hat).mean(axis=-1, keepdims=True)
+    )
+    rows = tuple(range(x.ndim - 1))
+    return dx, {"g": (d_out * x_hat).sum(axis=rows), "b": d_out.sum(axis=rows)}
+
+
+def softmax_backward(d_probs, probs):  # [..., n] twice -> [..., n]
+    """The softmax's Jacobian is diag(p) - p p^T: a product with it needs no n x n matrix, only
+    p * (d - sum(d * p))."""
+    return probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
+
+
+def attention_backward(d_out, q, k, v, mask):  # [..., n_q, d] and the inputs -> dq, dk, dv
+    """The attention weights are computed again from q and k (one product) rather than kept: they are
+    the largest array of the forward pass, n_head x n_seq x n_seq per block."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    probs = softmax((q * scale) @ k.swapaxes(-1, -2) + mask)  # [..., n_q, n_k]
+    dv = probs.swapaxes(-1, -2) @ d_out  # each value was mixed into the outputs by its weights
+    d_scores = softmax_backward(d_out @ v.swapaxes(-1, -2), probs)  # [..., n_q, n_k]
+    dq = (d_scores @ k) * scale
+    dk = (d_scores.swapaxes(-1, -2) @ q) * scale
+    return dq, dk, dv
+
+
+# One transformer block, forwards (keeping what the backward needs) and backwards.
+
+
+def split_heads(qkv, n_head):  # [..., n_seq, 3*n_embd] -> q, k, v, each [..., n_head, n_seq, d], as mha does
+    *batch, n_seq, three_n_embd = qkv.shape
+    heads = qkv.reshape(*batch, n_seq, 3 * n_head, three_n_embd // (3 * n_head)).swapaxes(-3, -2)
+    return heads[..., :n_head, :, :], heads[..., n_head : 2 * n_head, :, :], heads[..., 2 * n_head :, :, :]
+
+
+def merge_heads(heads):  # [..., n_head, n_seq, d] -> [..., n_seq, n_head*d]
+    *batch, n_head, n_seq, d = heads.shape
+    return heads.swapaxes(-3, -2).reshape(*batch, n_seq, n_head * d)
+
+
+def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_embd] -> the same, and what backward keeps
+    a = layer_norm(x, **ln_1)
+    qkv = linear(a, **attn["c_attn"])
+    q, k, v = split_heads(qkv, n_head)
+    merged = merge_heads(attention(q, k, v, mask))
+    x_mid = x + linear(merged, **attn["c_proj"])  # tokens exchange information
+    b = layer_norm(x_mid, **ln_2)
+    h = linear(b, **mlp["c_fc"])
+    gelu_h = gelu(h)
+    out = x_mid + linear(gelu_h, **mlp["c_proj"])  # each token on its own
+    return out, (x, a, q, k, v, merged, x_mid, b, h, gelu_h)
+
+
+def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, mask):  # d_out [..., n_seq, n_embd] -> dx, grads
+    x, a, q, k, v, merged, x_mid, b, h, gelu_h = kept
+    d_gelu_h, d_mlp_proj = linear_backward(d_out, gelu_h, mlp["c_proj"]["w"])
+    d_b, d_fc = linear_backward(gelu_backward(d_gelu_h, h), b, mlp["c_fc"]["w"])
+    d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"])
+    d_x_mid += d_out  # the residual: the output is x_mid plus the feed-forward's part
+    d_merged, d_attn_proj = linear_backward(d_x_mid, merged, attn["c_proj"]["w"])
+    d_heads = d_merged.reshape(*d_merged.shape[:-1], n_head, -1).swapaxes(-3, -2)  # split like the heads
+    dq, dk, dv = attention_backward(d_heads, q, k, v, mask)
+    d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads reads it
+    d_a, d_c_attn = linear_backward(d_qkv, a, attn["c_attn"]["w"])
+    dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"])
+    dx += d_x_mid  # the residual again
+    grads = {"attn": {"c_attn": d_c_attn, "c_proj": d_attn_proj}, "ln_1": d_ln_1, "ln_2": d_ln_2}
+    grads["mlp"] = {"c_fc": d_fc, "c_proj": d_mlp_proj}
+    return dx, grads
+
+
+# The whole model and its loss.
+
+
+def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the mean loss, grads like params
+    """The mean next-token loss over all n_batch * n_seq predictions (token i + 1 of each row given
+    tokens 0 to i), and its gradient with respect to every weight."""
+    batch = np.asarray(batch)
+    inputs, targets = batch[:, :-1], batch[:, 1:]  # [n_batch, n_seq] each
+    n_batch, n_seq = inputs.shape
+    wte, wpe = params["wte"], params["wpe"]
+    mask = causal_mask(n_seq, n_seq)
+    x = wte[inputs] + wpe[:n_seq]  # [n_batch, n_seq, n_embd]
+    kept = []
+    for block in params["blocks"]:
+        x, block_kept = block_forward(x, **block, n_head=n_head, mask=mask)
+        kept.append(block_kept)
+    final = layer_norm(x, **params["ln_f"])
+    logits = final @ wte.T  # [n_batch, n_seq, n_vocab]
+    log_probs = log_softmax(logits)
+    rows, columns = np.indices(targets.shape)
+    loss = -log_probs[rows, columns, targets].mean()
+
+    # Backwards. The loss is the mean of -log softmax(logits)[target]; its gradient with respect to
+    # the logits is softmax(logits) minus 1 at the target, over the number of predictions.
+    d_logits = np.exp(log_probs, out=log_probs)  # the probabilities, written over the log-probabilities
+    d_logits[rows, columns, targets] -= 1.0
+    d_logits /= n_batch * n_seq
+    # wte is used twice, to embed the tokens and (transposed) as the output layer: its gradient is
+    # the sum of both uses, the output layer's first.
+    d_final = d_logits @ wte  # [n_batch, n_seq, n_embd]
+    d_wte = d_logits.reshape(-1, d_logits.shape[-1]).T @ final.reshape(-1, final.shape[-1])  # [n_vocab, n_embd]
+    dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"])
+    d_blocks = [None] * len(kept)
+    for i in reversed(range(len(kept))):
+        dx, d_blocks[i] = block_backward(dx, kept[i], **params["blocks"][i], n_head=n_head, mask=mask)
+    # Each token id picked one row of wte, each position one of wpe: a row's gradient is the sum over
+    # every place it was picked (a token that occurs three times collects three gradients).
+    np.add.at(d_wte, inputs.reshape(-1), dx.reshape(-1, dx.shape[-1]))
+    d_wpe = np.zeros_like(wpe)
+    d_wpe[:n_seq] = dx.sum(axis=0)
+    return loss, {"wte": d_wte, "wpe": d_wpe, "blocks": d_blocks, "ln_f": d_ln_f}
+
+
+# The optimizer: AdamW, with gradient clipping.
+
+
+def leaves(tree, path=()):
+    """(path, array) for every array of a nested dict of params or gradients, in a fixed order."""
+    if isinstance(tree, dict):
+        for key in sorted(tree):
+            yield from leaves(tree[key], (*path, key))
+    elif isinstance(tree, list):
+        for i, item in enumerate(tree):
+            yield from leaves(item, (*path, i))
+    else:
+        yield path, tree
+
+
+def decays(path):
+    """Weight decay applies to the weight matrices and the embeddings, not to biases and layer-norm gains."""
+    return path[-1] in ("w", "wte", "wpe")
+
+
+def clip_gradients(grads, max_norm):
+    """Scale every gradient by the same factor so that together their norm is at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping."""
+    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for _, g in leaves(grads)))
+    scale = min(1.0, max_norm / (norm + 1e-6))
+    if scale < 1.0:
+        for _, g in leaves(grads):
+            g *= np.float32(scale)
+    return norm
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov and Hutter), updating params in place: each weight
+    moves by its gradient's running mean over the square root of its running mean square, both
+    corrected for starting at zero; decay shrinks the weights directly, apart from the gradient."""
+
+    def __init__(self, params, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.step_count = 0
+        self.m = {path: np.zeros_like(p) for path, p in leaves(params)}  # first moments
+        self.v = {path: np.zeros_like(p) for path, p in leaves(params)}  # second moments
+
+    def step(self, params, grads, learning_rate):
+        self.step_count += 1
+        correction1 = 1.0 - self.beta1**self.step_count
+        correction2 = 1.0 - self.beta2**self.step_count
+        for (path, p), (_, g) in zip(leaves(params), leaves(grads)):
+            if self.weight_decay and decays(path):
+                p *= np.float32(1.0 - learning_rate * self.weight_decay)
+            m, v = self.m[path], self.v[path]
+            m *= np.float32(self.beta1)
+            m += np.float32(1.0 - self.beta1) * g
+            v *= np.float32(self.beta2)
+            v += np.float32(1.0 - self.beta2) * g * g
+            denominator = np.sqrt(v) / np.float32(math.sqrt(correction2))
+            denominator += np.float32(self.eps)
+            p -= np.float32(learning_rate / correction1) * m / denominator
+
+
+def trainable(params):
+    """A writable float32 copy of params (a loaded model's arrays are read-only memory maps)."""
+    if isinstance(params, dict):
+        return {key: trainable(value) for key, value in params.items()}
+    if isinstance(params, list):
+        return [trainable(value) for value in params]
+    return np.array(params, dtype=np.float32)
