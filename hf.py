@@ -78,6 +78,45 @@ def flat_key(name):
     return ".".join([*path, {"weight": "g" if norm else "w", "bias": "b"}.get(leaf, leaf)])
 
 
+def hf_name(key):
+    """Our flat key -> the name HuggingFace's save_pretrained gives the tensor ("blocks.3.ln_1.g" ->
+    "transformer.h.3.ln_1.weight"): flat_key's inverse."""
+    parts = key.split(".")
+    if parts[0] == "blocks":
+        parts = ["h", *parts[1:]]
+    if len(parts) == 1:  # wte, wpe
+        return f"transformer.{parts[0]}.weight"
+    return "transformer." + ".".join([*parts[:-1], {"g": "weight", "w": "weight", "b": "bias"}[parts[-1]]])
+
+
+def config_for(hparams):
+    """config.json for a GPT-2 of these hyperparameters, as save_pretrained writes it."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": hparams["n_vocab"],
+        "n_positions": hparams["n_ctx"],
+        "n_ctx": hparams["n_ctx"],
+        "n_embd": hparams["n_embd"],
+        "n_head": hparams["n_head"],
+        "n_layer": hparams["n_layer"],
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": True,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+    }
+
+
+def write_tokenizer(encoder, folder, suffix=""):
+    """vocab.json and merges.txt (each name + suffix) of an Encoder, as HuggingFace names OpenAI's two files."""
+    with open(os.path.join(folder, "vocab.json" + suffix), "w", encoding="utf-8") as f:
+        json.dump(encoder.encoder, f, ensure_ascii=False)
+    merges = sorted(encoder.bpe_ranks, key=encoder.bpe_ranks.get)
+    with open(os.path.join(folder, "merges.txt" + suffix), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
 def tensors(weights_path):
     """Yield (flat key, float32 array) of a model.safetensors file. Conv1D weights are stored as
     [n_in, n_out], as ours."""

@@ -27,6 +27,14 @@ class SourceError(OSError):
     """The checkpoint does not hold what the model's hyperparameters ask for."""
 
 
+def laid_out(key, array):
+    """The weight matrices ([n_in, n_out]) stored column by column: generating one token multiplies a
+    vector by each matrix, and BLAS streams that product faster along contiguous columns. wte too,
+    whose transpose is the output layer's matrix: a token's row is then read scattered, but that is one
+    row per token against the whole matrix per token."""
+    return np.asfortranarray(array) if key.endswith(".w") or key == "wte" else array
+
+
 def tensor_sizes(directory, keys):
     return {f"{key}.npy": os.path.getsize(os.path.join(directory, f"{key}.npy")) for key in keys}
 
@@ -49,12 +57,7 @@ def write(model_dir, tensors, shapes, source, needed, source_name=None, config_n
                 raise SourceError(
                     f"{source_name} has {key} of shape {array.shape}, {config_name} asks for {shapes.get(key)}"
                 )
-            if key.endswith(".w") or key == "wte":
-                # Same [n_in, n_out] array, stored column by column: generating one token multiplies a
-                # vector by each matrix, and BLAS streams that product faster along contiguous columns.
-                # wte too, whose transpose is the output layer's matrix: a token's row is then read
-                # scattered, but that is one row per token against the whole matrix per token.
-                array = np.asfortranarray(array)
+            array = laid_out(key, array)
             try:
                 with open(os.path.join(tmp_dir, f"{key}.npy"), "wb") as f:
                     np.save(f, array)

@@ -73,3 +73,22 @@ def read_tensors(path):
             yield tensor, (raw.astype(np.uint32) << 16).view(np.float32)
         else:
             yield tensor, raw.astype(np.float32)
+
+
+def write(path, tensors, metadata=None):
+    """Write {name: array} as a safetensors file of F32 tensors, C order, the data 8-byte aligned."""
+    header, offset = {}, 0
+    arrays = {name: np.ascontiguousarray(array, dtype="<f4") for name, array in tensors.items()}
+    for name, array in arrays.items():
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    if metadata:
+        header["__metadata__"] = {key: str(value) for key, value in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts on an 8-byte boundary
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded)
+        for array in arrays.values():
+            f.write(array.tobytes())
+        f.flush()
+        os.fsync(f.fileno())

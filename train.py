@@ -13,6 +13,7 @@ chain rule; they come in the order a reader meets the forward functions.
 """
 
 import math
+import sys
 
 import numpy as np
 
@@ -223,3 +224,533 @@ def trainable(params):
     if isinstance(params, list):
         return [trainable(value) for value in params]
     return np.array(params, dtype=np.float32)
+
+
+def learning_rate_at(step, learning_rate, warmup_steps, schedule, total_steps):
+    """Warm-up from learning_rate / warmup_steps to learning_rate, then constant, or a cosine down to a
+    tenth of it at the last step. step counts from 1."""
+    if step <= warmup_steps:
+        return learning_rate * step / warmup_steps
+    if schedule == "constant":
+        return learning_rate
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+# Text to train on: documents joined with <|endoftext|>, tokenized once, windows at random offsets.
+
+
+def read_documents(paths):
+    """The documents of the data: each UTF-8 text file is one (a folder: every file in it, sorted), and
+    each line of a .jsonl file with a "text" field is one. A bad file or line stops everything with its
+    name and line, before any model work."""
+    import json
+    import os
+
+    documents = []
+    for path in paths:
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs) if os.path.isdir(path) else [path]
+        for name in files:
+            try:
+                with open(name, "rb") as f:
+                    text = f.read().decode("utf-8")
+            except OSError as e:
+                raise ValueError(f"cannot read {name}: {e.strerror}") from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{name} is not UTF-8 text (at byte offset {e.start})") from None
+            if not name.endswith(".jsonl"):
+                documents.append(text)
+                continue
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name} line {number}: not JSON: {e.msg.lower()} at column {e.colno}") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError(f'{name} line {number}: not an object with a "text" string')
+                documents.append(record["text"])
+    if not any(document.strip() for document in documents):
+        raise ValueError(f"no text in {', '.join(paths)}")
+    return documents
+
+
+def tokenize(documents, encoder, cache_dir):
+    """The ids of the documents joined with <|endoftext|>, as uint16, tokenized once: cached in cache_dir
+    by the sha256 of the documents (and the vocabulary), since BPE in Python takes a while."""
+    import hashlib
+    import os
+
+    from tqdm import tqdm
+
+    from gpt2 import END_OF_TEXT
+
+    digest = hashlib.sha256(str(len(encoder.encoder)).encode())
+    for document in documents:
+        digest.update(hashlib.sha256(document.encode()).digest())
+    path = os.path.join(cache_dir, f"{digest.hexdigest()}.npy")
+    if os.path.exists(path):
+        return np.load(path, allow_pickle=False)
+    ids = []
+    for document in tqdm(documents, desc="tokenizing", unit="doc", disable=len(documents) < 2):
+        ids.extend(encoder.encode(document))
+        ids.append(END_OF_TEXT)
+    ids = np.array(ids, dtype=np.uint16)
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "wb") as f:
+        np.save(f, ids)
+    os.replace(partial, path)
+    return ids
+
+
+def random_windows(ids, rng, n_batch, block_size):  # -> [n_batch, block_size + 1]
+    offsets = rng.integers(0, len(ids) - block_size, size=n_batch)
+    return np.stack([ids[o : o + block_size + 1] for o in offsets]).astype(np.int64)
+
+
+def held_out_loss(params, ids, n_head, n_batch, block_size, max_windows=16):
+    """The mean loss over evenly spaced windows of the held-out ids (the same ones at every evaluation)."""
+    n_windows = min(max_windows, max(1, (len(ids) - 1) // block_size))
+    offsets = np.linspace(0, len(ids) - block_size - 1, n_windows).astype(int)
+    windows = np.stack([ids[o : o + block_size + 1] for o in offsets]).astype(np.int64)
+    losses = [forward_loss(params, windows[i : i + n_batch], n_head) for i in range(0, len(windows), n_batch)]
+    return float(np.average(losses, weights=[len(windows[i : i + n_batch]) for i in range(0, len(windows), n_batch)]))
+
+
+def forward_loss(params, batch, n_head):  # the loss of loss_and_grads, without the backward pass
+    from gpt2 import gpt2
+
+    logits = gpt2(batch[:, :-1], **params, n_head=n_head)
+    log_probs = log_softmax(logits)
+    rows, columns = np.indices(batch[:, 1:].shape)
+    return float(-log_probs[rows, columns, batch[:, 1:]].mean())
+
+
+def memory_needed(hparams, n_batch, block_size):
+    """Bytes a training step needs, roughly: the weights, their gradients and two moments (4 copies),
+    what each block keeps for the backward pass (16 arrays of n_embd per token), the logits and their
+    gradient, and one block's attention weights."""
+    from utils import expected_shapes
+
+    n_params = sum(int(np.prod(shape)) for shape in expected_shapes(hparams).values())
+    tokens = n_batch * block_size
+    activations = hparams["n_layer"] * 16 * tokens * hparams["n_embd"]
+    logits = 2 * tokens * hparams["n_vocab"]
+    attention_weights = 2 * n_batch * hparams["n_head"] * block_size * block_size
+    return 4 * (4 * n_params + activations + logits + attention_weights)
+
+
+def memory_available():
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+# The run folder: the model in HuggingFace's layout (so `python gpt2.py --model RUN` and
+# GPT2LMHeadModel.from_pretrained load it), the optimizer's moments, and state.json (the step, the
+# random state, the options). A save writes every file beside its old version as NAME.partial, then
+# commit.json, then renames the partials over the old files: a save cut short before commit.json
+# leaves the previous save as it was (the partials are removed at the next start), one cut short after
+# it is completed at the next start.
+
+RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "optimizer.safetensors", "state.json")
+
+
+def flat(params):
+    """{"blocks.0.attn.c_attn.w": array, ...}: the flat keys of utils.nest's inverse."""
+    return {".".join(str(part) for part in path): array for path, array in leaves(params)}
+
+
+def save_run(folder, params, hparams, encoder, optimizer, state):
+    import json
+    import os
+
+    import hf
+    import safetensors_file
+    from files import fsync_path, synced
+
+    os.makedirs(folder, exist_ok=True)
+    commit = os.path.join(folder, "commit.json")
+    if os.path.exists(commit):
+        os.remove(commit)  # from a save that finished its renames but was stopped before removing it
+
+    def partial(name):
+        return os.path.join(folder, f"{name}.partial")
+
+    with open(partial("config.json"), "w") as f:
+        json.dump(hf.config_for(hparams), f, indent=2)
+        synced(f)
+    safetensors_file.write(partial("model.safetensors"), {hf.hf_name(k): v for k, v in flat(params).items()})
+    hf.write_tokenizer(encoder, folder, suffix=".partial")
+    moments = {f"m.{path}": array for path, array in flat_moments(optimizer.m).items()}
+    moments.update({f"v.{path}": array for path, array in flat_moments(optimizer.v).items()})
+    safetensors_file.write(partial("optimizer.safetensors"), moments, {"step": optimizer.step_count})
+    with open(partial("state.json"), "w") as f:
+        json.dump(state, f)
+        synced(f)
+    fsync_path(folder)
+    with open(commit + ".partial", "w") as f:
+        json.dump({"files": RUN_FILES}, f)
+        synced(f)
+    os.replace(commit + ".partial", commit)  # the save counts from here
+    finish_save(folder)
+
+
+def flat_moments(moments):
+    return {".".join(str(part) for part in path): array for path, array in moments.items()}
+
+
+def finish_save(folder):
+    """Complete a committed save, or drop the partials of one that was not committed."""
+    import os
+
+    from files import fsync_path
+
+    committed = os.path.exists(os.path.join(folder, "commit.json"))
+    for name in RUN_FILES:
+        partial = os.path.join(folder, f"{name}.partial")
+        if os.path.exists(partial):
+            if committed:
+                os.replace(partial, os.path.join(folder, name))
+            else:
+                os.remove(partial)
+    if os.path.exists(os.path.join(folder, "commit.json.partial")):
+        os.remove(os.path.join(folder, "commit.json.partial"))
+    fsync_path(folder)
+    if committed:
+        os.remove(os.path.join(folder, "commit.json"))
+
+
+def load_optimizer(folder, optimizer):
+    import os
+
+    from safetensors_file import read_tensors
+
+    by_name = dict(read_tensors(os.path.join(folder, "optimizer.safetensors")))
+    for path in optimizer.m:
+        key = ".".join(str(part) for part in path)
+        optimizer.m[path][...] = by_name[f"m.{key}"]
+        optimizer.v[path][...] = by_name[f"v.{key}"]
+
+
+def load_run_params(folder):
+    """The weights of a run folder, laid out as a loaded model's are (so that a resumed run computes
+    exactly what the uninterrupted one would)."""
+    import os
+
+    import hf
+    import npy_copy
+    from utils import nest
+
+    weights = os.path.join(folder, "model.safetensors")
+    return trainable(nest({key: npy_copy.laid_out(key, array) for key, array in hf.tensors(weights)}))
+
+
+def loss_curve_svg(records, width=640, height=360):
+    """The training loss (and the held-out loss, as dots) against the step, as a small SVG picture."""
+    steps = [r["step"] for r in records]
+    losses = [r["train_loss"] for r in records] + [r["val_loss"] for r in records if "val_loss" in r]
+    low, high, last = min(losses), max(losses), max(steps)
+    span = (high - low) or 1.0
+
+    def point(step, loss):
+        return 50 + (width - 70) * step / max(last, 1), 20 + (height - 60) * (high - loss) / span
+
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(r["step"], r["train_loss"]) for r in records))
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#d62728"/>'
+        for x, y in (point(r["step"], r["val_loss"]) for r in records if "val_loss" in r)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">'
+        f'<rect width="100%" height="100%" fill="white"/>'
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/>{dots}'
+        f'<text x="50" y="{height - 20}">step 0 to {last}; loss {low:.3f} to {high:.3f} (blue: training, red: held out)</text>'
+        "</svg>"
+    )
+
+
+class StopRequested(Exception):
+    """Ctrl-C or SIGTERM: the run saves at the end of the step it is in, then stops."""
+
+
+def run(options):
+    """The training run that the command line describes (see main)."""
+    import json
+    import os
+    import signal
+    import time
+
+    from tqdm import tqdm
+
+    import gpt2
+    from utils import load_model
+
+    out = options.out
+    state_path = os.path.join(out, "state.json")
+    if os.path.isdir(out):
+        finish_save(out)
+    resuming = os.path.exists(state_path) and not options.fresh
+    if os.path.isdir(out) and os.listdir(out) and not resuming and not options.fresh:
+        raise ValueError(f"{out} holds files but no training run: choose another --out")
+    recorded = {key: value for key, value in vars(options).items() if key not in ("fresh", "steps", "models_dir")}
+    if resuming:
+        with open(state_path) as f:
+            state = json.load(f)
+        if state["options"] != recorded:
+            changed = sorted(key for key in recorded if state["options"].get(key) != recorded[key])
+            raise ValueError(
+                f"the run in {out} was started with other {', '.join(changed)}; give the same, or --fresh to start over"
+            )
+    elif options.fresh and os.path.isdir(out):
+        print(f"--fresh: starting over in {out}", file=sys.stderr)
+        for name in os.listdir(out):
+            if name in (*RUN_FILES, "log.jsonl", "loss.svg"):
+                os.remove(os.path.join(out, name))
+
+    encoder, hparams, params = load_model(options.model or options.model_size, options.models_dir)
+    n_head = hparams["n_head"]
+    if options.block_size > hparams["n_ctx"]:
+        raise ValueError(f"--block_size {options.block_size} is more than the model's context of {hparams['n_ctx']}")
+    needed, available = memory_needed(hparams, options.batch_size, options.block_size), memory_available()
+    if needed > 0.9 * available:
+        raise MemoryError(
+            f"this run needs about {needed / 1e9:.1f} GB and {available / 1e9:.1f} GB are available: "
+            "use a smaller --batch_size or --block_size (with --grad_accum for the same batch), or a smaller model"
+        )
+    ids = tokenize(read_documents(options.data), encoder, os.path.join(options.models_dir, "tokens"))
+    if options.val_file:
+        train_ids, val_ids = (
+            ids,
+            tokenize(read_documents([options.val_file]), encoder, os.path.join(options.models_dir, "tokens")),
+        )
+    else:
+        split = int(len(ids) * (1 - options.val_fraction))
+        train_ids, val_ids = ids[:split], ids[split:]
+    for name, part in (("training", train_ids), ("held-out", val_ids)):
+        if len(part) <= options.block_size + 1:
+            raise ValueError(
+                f"the {name} text has {len(part)} tokens, not more than one window of --block_size {options.block_size}"
+            )
+
+    optimizer = AdamW(params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
+    rng = np.random.default_rng(options.seed)
+    step, elapsed = 0, 0.0
+    if resuming:
+        params = load_run_params(out)
+        optimizer = AdamW(params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
+        load_optimizer(out, optimizer)
+        step, elapsed = state["step"], state["elapsed"]
+        optimizer.step_count = step
+        rng.bit_generator.state = state["rng"]
+        print(f"resuming the run in {out} at step {step}", file=sys.stderr)
+    params = trainable(params) if not resuming else params
+    log_path = os.path.join(out, "log.jsonl")
+    os.makedirs(out, exist_ok=True)
+    records = []
+    if resuming and os.path.exists(log_path):
+        with open(log_path) as f:
+            records = [r for r in map(json.loads, f) if r["step"] <= step]  # steps after the last save are redone
+    with open(log_path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+    def save():
+        state = {"step": step, "rng": rng.bit_generator.state, "elapsed": elapsed, "options": recorded}
+        save_run(out, params, hparams, encoder, optimizer, state)
+        with open(os.path.join(out, "loss.svg"), "w") as f:
+            f.write(loss_curve_svg(records) if records else "")
+
+    stop = []
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    tokens_per_step = options.batch_size * options.block_size * options.grad_accum
+    bar = tqdm(total=options.steps, initial=step, unit="step", file=sys.stderr, dynamic_ncols=True)
+    try:
+        while step < options.steps and not stop:
+            start = time.perf_counter()
+            learning_rate = learning_rate_at(
+                step + 1, options.learning_rate, options.warmup_steps, options.lr_schedule, options.steps
+            )
+            total, losses = None, []
+            for _ in range(options.grad_accum):
+                loss, grads = loss_and_grads(
+                    params, random_windows(train_ids, rng, options.batch_size, options.block_size), n_head
+                )
+                losses.append(float(loss))
+                if total is None:
+                    total = grads
+                else:
+                    for (_, t), (_, g) in zip(leaves(total), leaves(grads)):
+                        t += g
+            for _, g in leaves(total):
+                g /= np.float32(options.grad_accum)
+            clip_gradients(total, options.grad_clip)
+            optimizer.step(params, total, learning_rate)
+            step += 1
+            seconds = time.perf_counter() - start
+            elapsed += seconds
+            record = {"step": step, "train_loss": float(np.mean(losses)), "learning_rate": learning_rate}
+            record.update({"tokens_per_second": tokens_per_step / seconds, "elapsed": elapsed})
+            if step % options.eval_every == 0 or step == options.steps:
+                record["val_loss"] = held_out_loss(params, val_ids, n_head, options.batch_size, options.block_size)
+            records.append(record)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", tokens_per_s=f"{record['tokens_per_second']:.0f}")
+            bar.update(1)
+            if "val_loss" in record:
+                bar.write(f"step {step}: held-out loss {record['val_loss']:.4f}", file=sys.stderr)
+            if options.sample_every and step % options.sample_every == 0:
+                new_ids = gpt2.generate([gpt2.END_OF_TEXT], params, n_head, 40, temperature=1.0, top_k=40, seed=step)
+                bar.write(f"sample at step {step}: {encoder.decode(new_ids)!r}", file=sys.stderr)
+            if step % options.save_every == 0 or step == options.steps or stop:
+                save()
+    finally:
+        bar.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop:
+        print(f"stopped at step {step}; saved in {out}: the same command resumes", file=sys.stderr)
+        raise SystemExit(128 + stop[0])
+    print(f"done: {step} steps, saved in {out}; python gpt2.py PROMPT --model {out}", file=sys.stderr)
+    return params
+
+
+class UsageError(Exception):
+    """A mistake in the command line: one line, exit 2, before anything is loaded."""
+
+
+def parse_arguments(args):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UsageError(message)
+
+    def whole(low):
+        def check(text):
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+            if value < low:
+                raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+            return value
+
+        return check
+
+    def number(low, high=None):
+        def check(text):
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+            if not (value >= low and (high is None or value < high)):
+                raise argparse.ArgumentTypeError(
+                    f"must be from {low}{f' to below {high}' if high else ''}, not {value}"
+                )
+            return value
+
+        return check
+
+    parser = Parser(
+        prog="python train.py",
+        description="Fine-tune GPT-2 on your own text, in NumPy. The defaults suit a CPU: 124M, batches of "
+        "4 windows of 256 tokens (about 2.6 GB of memory), a small learning rate for fine-tuning.",
+        epilog="example: python train.py notes/ --out runs/notes --steps 300",
+    )
+    parser.add_argument(
+        "data", nargs="+", help='UTF-8 text files, folders of them, or .jsonl files with a "text" field'
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="the run folder: the model (HuggingFace's layout), optimizer state, log.jsonl, loss.svg",
+    )
+    parser.add_argument(
+        "--model_size",
+        default="124M",
+        choices=["124M", "355M", "774M", "1558M"],
+        help="which of OpenAI's models to start from (default 124M)",
+    )
+    parser.add_argument("--model", help="instead, any model gpt2.py loads: a folder (a run folder too) or a hub name")
+    parser.add_argument(
+        "--models_dir",
+        default="models",
+        help="where models, converted copies and tokenized data are kept (default models)",
+    )
+    parser.add_argument("--steps", type=whole(1), default=1000, help="optimizer steps in all (default 1000)")
+    parser.add_argument("--batch_size", type=whole(1), default=4, help="windows per micro-batch (default 4)")
+    parser.add_argument("--block_size", type=whole(2), default=256, help="tokens per window (default 256)")
+    parser.add_argument("--grad_accum", type=whole(1), default=1, help="micro-batches per step (default 1)")
+    parser.add_argument("--learning_rate", type=number(0), default=1e-4, help="peak learning rate (default 1e-4)")
+    parser.add_argument("--warmup_steps", type=whole(0), default=20, help="steps of linear warm-up (default 20)")
+    parser.add_argument(
+        "--lr_schedule",
+        choices=["constant", "cosine"],
+        default="cosine",
+        help="after warm-up (default cosine, to a tenth)",
+    )
+    parser.add_argument(
+        "--weight_decay", type=number(0), default=0.1, help="AdamW's decay of the matrices and embeddings (default 0.1)"
+    )
+    parser.add_argument(
+        "--grad_clip", type=number(0), default=1.0, help="the largest global gradient norm (default 1.0)"
+    )
+    parser.add_argument(
+        "--val_fraction", type=number(0, 1), default=0.05, help="the end of the text held out (default 0.05)"
+    )
+    parser.add_argument("--val_file", help="held-out text instead of a fraction")
+    parser.add_argument("--eval_every", type=whole(1), default=50, help="held-out loss every N steps (default 50)")
+    parser.add_argument(
+        "--sample_every", type=whole(0), default=100, help="a short sample every N steps, 0 for none (default 100)"
+    )
+    parser.add_argument(
+        "--save_every", type=whole(1), default=100, help="save every N steps, and at the end (default 100)"
+    )
+    parser.add_argument("--seed", type=whole(0), default=1, help="the random windows' seed (default 1)")
+    parser.add_argument("--fresh", action="store_true", help="start over in a run folder that holds a run")
+    options = parser.parse_args(args)
+    if options.val_file is not None and options.val_fraction != 0.05:
+        raise UsageError("give --val_fraction or --val_file, not both")
+    if options.val_file is not None:
+        options.val_fraction = 0.0
+    if options.model is not None:
+        from utils import check_model_name
+
+        try:
+            check_model_name(options.model)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if options.model is not None and options.model_size is not None:
+        raise UsageError("give --model or --model_size, not both")
+    options.model_size = options.model_size or ("124M" if options.model is None else None)
+    return options
+
+
+def main(args=None):
+    """`python train.py ...`: one line on stderr for each mistake, and gpt2.py's exit codes."""
+    import sys
+
+    try:
+        options = parse_arguments(sys.argv[1:] if args is None else args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        run(options)
+    except (ValueError, OSError, MemoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # before the training loop, which saves and stops by itself
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
