@@ -144,3 +144,196 @@ def test_importing_train_does_no_work():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True)
     assert result.stdout == "[]\n", result.stderr
+
+
+# python train.py: data, the run folder, resuming, the command line
+
+
+@pytest.fixture
+def small_run(small_models_dir, tmp_path):
+    """A models folder with the small model as 124M, and a text of some 70 KB to train on."""
+    import glob
+    import shutil
+
+    paths = sorted(glob.glob("/usr/share/common-licenses/*"))
+    if not paths:
+        pytest.skip("no licence texts in /usr/share/common-licenses to train on")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "licences.txt").write_text("\n\n".join(open(p, errors="replace").read() for p in paths))
+    shutil.copytree(small_models_dir, tmp_path / "models")
+    return tmp_path
+
+
+def train_args(base, *extra):
+    return [str(base / "data"), "--models_dir", str(base / "models"), "--block_size", "32", "--batch_size", "4",
+            "--sample_every", "0", *extra]  # fmt: skip
+
+
+def test_a_small_model_learns_real_text(tmp_path):
+    """Two layers with GPT-2's vocabulary, from random weights, on the licence texts Debian ships: the
+    held-out loss ends below the unigram entropy of the training tokens (computed from their counts)."""
+    import glob
+    import json
+
+    from random_model import random_openai_variables, write_openai_model_dir
+
+    paths = sorted(glob.glob("/usr/share/common-licenses/*"))
+    if not paths:
+        pytest.skip("no licence texts in /usr/share/common-licenses to train on")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "licences.txt").write_text("\n\n".join(open(p, errors="replace").read() for p in paths))
+    hparams = {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2}
+    write_openai_model_dir(str(tmp_path / "models" / "124M"), hparams, random_openai_variables(hparams, 0))
+    args = [str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"), "--out", str(tmp_path / "run")]
+    args += ["--steps", "100", "--block_size", "64", "--batch_size", "4", "--learning_rate", "6e-3"]
+    train.main([*args, "--warmup_steps", "10", "--eval_every", "100", "--sample_every", "0", "--save_every", "100"])
+    (tokens_path,) = glob.glob(str(tmp_path / "models" / "tokens" / "*.npy"))
+    ids = np.load(tokens_path)
+    counts = np.bincount(ids[: int(len(ids) * 0.95)]).astype(np.float64)  # the training part (--val_fraction 0.05)
+    p = counts[counts > 0] / counts.sum()
+    unigram_entropy = -(p * np.log(p)).sum()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 100 and log[-1]["val_loss"] < unigram_entropy < log[0]["train_loss"], (log[-1], unigram_entropy)
+
+
+def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(small_run):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO_DIR
+
+    args = train_args(small_run, "--steps", "40", "--save_every", "5", "--eval_every", "20")
+    whole = subprocess.run(
+        [sys.executable, "train.py", *args, "--out", str(small_run / "whole")],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert whole.returncode == 0, whole.stderr
+    command = [sys.executable, "train.py", *args, "--out", str(small_run / "cut")]
+    process = subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (small_run / "cut" / "state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "saved in" in stderr and "Traceback" not in stderr
+    stopped_at = __import__("json").loads((small_run / "cut" / "state.json").read_text())["step"]
+    assert 0 < stopped_at < 40
+    again = subprocess.run(command, cwd=REPO_DIR, capture_output=True, text=True)
+    assert again.returncode == 0 and f"resuming the run in {small_run / 'cut'} at step {stopped_at}" in again.stderr
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        assert (small_run / "cut" / name).read_bytes() == (small_run / "whole" / name).read_bytes(), name
+
+
+def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
+    import os
+
+    out = small_run / "run"
+    train.main([*train_args(small_run, "--steps", "2", "--save_every", "1"), "--out", str(out)])
+    before = {name: (out / name).read_bytes() for name in train.RUN_FILES}
+    replace = os.replace
+
+    def power_cut_before_commit(source, target):
+        if str(target).endswith("commit.json"):
+            raise KeyboardInterrupt  # as if the process died here
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", power_cut_before_commit)
+    with pytest.raises(SystemExit):
+        train.main([*train_args(small_run, "--steps", "4", "--save_every", "1"), "--out", str(out)])  # resumes
+    monkeypatch.setattr(os, "replace", replace)
+    assert any(name.endswith(".partial") for name in os.listdir(out))
+    train.finish_save(str(out))  # what the next start does first
+    assert {name: (out / name).read_bytes() for name in train.RUN_FILES} == before
+    assert not any(name.endswith(".partial") for name in os.listdir(out))
+
+
+def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
+    from helpers import PROMPT, cli
+    from transformers import GPT2LMHeadModel
+
+    import utils
+
+    out = small_run / "run"
+    train.main([*train_args(small_run, "--steps", "3", "--learning_rate", "1e-2"), "--out", str(out)])
+    params = train.load_run_params(str(out))
+    _, hparams, loaded = utils.load_model(str(out), str(small_run / "models"))
+    ids = random_batch(7, 1, 30)[0].tolist()
+    ours = gpt2.gpt2(ids, **loaded, n_head=hparams["n_head"])
+    np.testing.assert_array_equal(ours, gpt2.gpt2(ids, **params, n_head=hparams["n_head"]))
+    model = GPT2LMHeadModel.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, model(torch.tensor([ids])).logits[0].numpy(), atol=1e-4, rtol=0)
+    result = cli(capsys, PROMPT, "-n", "4", "--model", str(out), "--models_dir", str(small_run / "models"))
+    assert result.returncode == 0 and result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda d: (d / "empty.txt").write_text("  \n"), "no text in"),
+        (lambda d: (d / "short.txt").write_text("Hello there."), "not more than one window of --block_size 32"),
+        (lambda d: (d / "latin1.txt").write_bytes(b"caf\xe9"), "latin1.txt is not UTF-8 text (at byte offset 3)"),
+        (
+            lambda d: (d / "docs.jsonl").write_text('{"text": "a"}\n{"text": 3}\n'),
+            'docs.jsonl line 2: not an object with a "text" string',
+        ),
+        (lambda d: (d / "docs.jsonl").write_text('{"text": "a"\n'), "docs.jsonl line 1: not JSON"),
+    ],
+)
+def test_bad_data_is_refused_with_its_file_and_line(small_run, capsys, write, message):
+    from helpers import assert_clean_error
+
+    data = small_run / "bad"
+    data.mkdir()
+    write(data)
+    with pytest.raises(SystemExit) as stopped:
+        train.main(
+            [
+                str(data),
+                "--models_dir",
+                str(small_run / "models"),
+                "--out",
+                str(small_run / "run"),
+                "--block_size",
+                "32",
+            ]
+        )
+    from helpers import Result
+
+    result = Result(stopped.value.code, *capsys.readouterr())
+    assert_clean_error(result, message)
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps: must be at least 1, not 0"),
+        (["--learning_rate", "fast"], "--learning_rate: must be a number, not 'fast'"),
+        (["--lr_schedule", "linear"], "--lr_schedule: invalid choice"),
+        (["--lerning_rate", "1"], "unrecognized arguments: --lerning_rate"),
+        (["--model", "distilgpt2", "--model_size", "355M"], "give --model or --model_size, not both"),
+        (["--val_fraction", "0.2", "--val_file", "x.txt"], "give --val_fraction or --val_file, not both"),
+    ],
+)
+def test_usage_mistakes_exit_2_before_any_work(tmp_path, capsys, args, message):
+    from helpers import Result, assert_clean_error
+
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args])
+    assert_clean_error(Result(stopped.value.code, *capsys.readouterr()), message)
+    assert stopped.value.code == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(small_run, monkeypatch, capsys):
+    monkeypatch.setattr(train, "memory_available", lambda: 10_000_000)
+    with pytest.raises(SystemExit):
+        train.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
+    error = capsys.readouterr().err
+    assert error.startswith("error: this run needs about 0.1 GB and 0.0 GB are available: use a smaller --batch_size")
+    assert not (small_run / "run").exists()
