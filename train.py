@@ -30,10 +30,27 @@ def linear_backward(d_out, x, w):  # [..., m, out], [..., m, in], [in, out] -> d
 
 
 def gelu_backward(d_out, x):  # elementwise: d/dx of 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 x^3)
+    # = 0.5 * (1 + tanh(u)) + 0.5 * x * (1 - tanh(u)^2) * du/dx, computed in three buffers (x is large)
     c = math.sqrt(2.0 / math.pi)
-    tanh_u = np.tanh(c * (x + 0.044715 * x * x * x))
-    du_dx = c * (1.0 + 3 * 0.044715 * x * x)
-    return d_out * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
+    x_squared = x * x
+    tanh_u = x_squared * 0.044715
+    tanh_u += 1.0
+    tanh_u *= x
+    tanh_u *= c
+    np.tanh(tanh_u, out=tanh_u)
+    du_dx = x_squared  # reused: c * (1 + 3 * 0.044715 * x^2)
+    du_dx *= 3 * 0.044715 * c
+    du_dx += c
+    slope = tanh_u * tanh_u  # then 0.5 * x * (1 - tanh(u)^2) * du/dx
+    np.subtract(1.0, slope, out=slope)
+    slope *= du_dx
+    slope *= x
+    slope *= 0.5
+    tanh_u += 1.0
+    tanh_u *= 0.5
+    tanh_u += slope
+    tanh_u *= d_out
+    return tanh_u
 
 
 def layer_norm_backward(d_out, x, g, eps=1e-5):  # [..., n], [..., n], [n] -> dx [..., n], dg, db
@@ -181,7 +198,7 @@ def decays(path):
 def clip_gradients(grads, max_norm):
     """Scale every gradient by the same factor so that together their norm is at most max_norm, as
     torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping."""
-    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for _, g in leaves(grads)))
+    norm = math.sqrt(sum(float(np.vdot(g.ravel(order="K"), g.ravel(order="K"))) for _, g in leaves(grads)))
     scale = min(1.0, max_norm / (norm + 1e-6))
     if scale < 1.0:
         for _, g in leaves(grads):
@@ -204,17 +221,26 @@ class AdamW:
         self.step_count += 1
         correction1 = 1.0 - self.beta1**self.step_count
         correction2 = 1.0 - self.beta2**self.step_count
+        # one scratch buffer as large as the largest weight, for the update of each in turn
+        scratch = np.empty(max(p.size for _, p in leaves(params)), dtype=np.float32)
         for (path, p), (_, g) in zip(leaves(params), leaves(grads)):
+            work = scratch[: p.size].reshape(p.shape, order="F" if p.flags.f_contiguous and p.ndim > 1 else "C")
             if self.weight_decay and decays(path):
                 p *= np.float32(1.0 - learning_rate * self.weight_decay)
             m, v = self.m[path], self.v[path]
             m *= np.float32(self.beta1)
-            m += np.float32(1.0 - self.beta1) * g
+            np.multiply(g, np.float32(1.0 - self.beta1), out=work)
+            m += work
             v *= np.float32(self.beta2)
-            v += np.float32(1.0 - self.beta2) * g * g
-            denominator = np.sqrt(v) / np.float32(math.sqrt(correction2))
-            denominator += np.float32(self.eps)
-            p -= np.float32(learning_rate / correction1) * m / denominator
+            np.multiply(g, g, out=work)
+            work *= np.float32(1.0 - self.beta2)
+            v += work
+            np.sqrt(v, out=work)  # the denominator: sqrt of the corrected second moment, plus eps
+            work /= np.float32(math.sqrt(correction2))
+            work += np.float32(self.eps)
+            np.divide(m, work, out=work)
+            work *= np.float32(learning_rate / correction1)
+            p -= work
 
 
 def trainable(params):
