@@ -687,7 +687,7 @@ def parse_arguments(args):
     parser = Parser(
         prog="python train.py",
         description="Fine-tune GPT-2 on your own text, in NumPy. The defaults suit a CPU: 124M, batches of "
-        "4 windows of 256 tokens (about 2.6 GB of memory), a small learning rate for fine-tuning.",
+        "4 windows of 256 tokens (about 3.5 GB of memory), a small learning rate for fine-tuning.",
         epilog="example: python train.py notes/ --out runs/notes --steps 300",
     )
     parser.add_argument(
