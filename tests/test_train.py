@@ -71,7 +71,8 @@ def test_gradient_equals_jax_grad_of_lm_loss(small_params):
     ids = random_batch(2, 1, 30)
     loss, grads = train.loss_and_grads(small_params, ids, N_HEAD)
     gpt2_jax = swapped(gpt2)
-    jax_loss, jax_grads = jax.value_and_grad(gpt2_jax.lm_loss)(jax.device_put(small_params), ids[0], N_HEAD)
+    value_and_grad = jax.jit(jax.value_and_grad(gpt2_jax.lm_loss), static_argnames="n_head")
+    jax_loss, jax_grads = value_and_grad(jax.device_put(small_params), ids[0], n_head=N_HEAD)
     assert abs(float(jax_loss) - loss) <= 1e-5 * loss
     reference = {path: np.asarray(g) for path, g in train.leaves(jax_grads)}
     assert_close_per_tensor(grads, reference)
