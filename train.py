@@ -12,8 +12,13 @@ chain rule; they come in the order a reader meets the forward functions.
 (HuggingFace's GPT2LMHeadModel on the same weights) and against jax.grad(gpt2.lm_loss) in the tests.
 """
 
+import hashlib
+import json
 import math
+import os
+import signal
 import sys
+import time
 
 import numpy as np
 
@@ -270,8 +275,6 @@ def read_documents(paths):
     """The documents of the data: each UTF-8 text file is one (a folder: every file in it, sorted), and
     each line of a .jsonl file with a "text" field is one. A bad file or line stops everything with its
     name and line, before any model work."""
-    import json
-    import os
 
     documents = []
     for path in paths:
@@ -305,8 +308,6 @@ def read_documents(paths):
 def tokenize(documents, encoder, cache_dir):
     """The ids of the documents joined with <|endoftext|>, as uint16, tokenized once: cached in cache_dir
     by the sha256 of the documents (and the vocabulary), since BPE in Python takes a while."""
-    import hashlib
-    import os
 
     from tqdm import tqdm
 
@@ -390,8 +391,6 @@ def flat(params):
 
 
 def save_run(folder, params, hparams, encoder, optimizer, state):
-    import json
-    import os
 
     import hf
     import safetensors_file
@@ -430,7 +429,6 @@ def flat_moments(moments):
 
 def finish_save(folder):
     """Complete a committed save, or drop the partials of one that was not committed."""
-    import os
 
     from files import fsync_path
 
@@ -450,7 +448,6 @@ def finish_save(folder):
 
 
 def load_optimizer(folder, optimizer):
-    import os
 
     from safetensors_file import read_tensors
 
@@ -464,7 +461,6 @@ def load_optimizer(folder, optimizer):
 def load_run_params(folder):
     """The weights of a run folder, laid out as a loaded model's are (so that a resumed run computes
     exactly what the uninterrupted one would)."""
-    import os
 
     import hf
     import npy_copy
@@ -504,10 +500,6 @@ class StopRequested(Exception):
 
 def run(options):
     """The training run that the command line describes (see main)."""
-    import json
-    import os
-    import signal
-    import time
 
     from tqdm import tqdm
 
@@ -761,8 +753,6 @@ def parse_arguments(args):
 
 def main(args=None):
     """`python train.py ...`: one line on stderr for each mistake, and gpt2.py's exit codes."""
-    import sys
-
     try:
         options = parse_arguments(sys.argv[1:] if args is None else args)
     except UsageError as e:
