@@ -511,8 +511,9 @@ def run(options):
     if os.path.isdir(out):
         finish_save(out)
     resuming = os.path.exists(state_path) and not options.fresh
-    if os.path.isdir(out) and os.listdir(out) and not resuming and not options.fresh:
-        raise ValueError(f"{out} holds files but no training run: choose another --out")
+    ours = (*RUN_FILES, "log.jsonl", "loss.svg")  # a run stopped before its first save leaves only a log
+    if os.path.isdir(out) and not resuming and any(name not in ours for name in os.listdir(out)):
+        raise ValueError(f"{out} holds other files than a training run's: choose another --out")
     recorded = {key: value for key, value in vars(options).items() if key not in ("fresh", "steps", "models_dir")}
     if resuming:
         with open(state_path) as f:
