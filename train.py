@@ -155,15 +155,21 @@ def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the me
         kept.append(block_kept)
     final = layer_norm(x, **params["ln_f"])
     logits = final @ wte.T  # [n_batch, n_seq, n_vocab]
-    log_probs = log_softmax(logits)
+    # The loss is the mean of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target],
+    # with the largest logit taken out first so that exp cannot overflow.
     rows, columns = np.indices(targets.shape)
-    loss = -log_probs[rows, columns, targets].mean()
+    target_logits = logits[rows, columns, targets]  # [n_batch, n_seq]
+    largest = logits.max(axis=-1, keepdims=True)
+    logits -= largest
+    exp_logits = np.exp(logits, out=logits)  # in place: the logits are the largest array of the step
+    sums = exp_logits.sum(axis=-1, keepdims=True)
+    loss = (np.log(sums[..., 0]) + largest[..., 0] - target_logits).mean()
 
-    # Backwards. The loss is the mean of -log softmax(logits)[target]; its gradient with respect to
-    # the logits is softmax(logits) minus 1 at the target, over the number of predictions.
-    d_logits = np.exp(log_probs, out=log_probs)  # the probabilities, written over the log-probabilities
-    d_logits[rows, columns, targets] -= 1.0
-    d_logits /= n_batch * n_seq
+    # Backwards. The gradient of the loss with respect to the logits is softmax(logits) minus 1 at the
+    # target, over the number of predictions.
+    d_logits = exp_logits
+    d_logits *= 1.0 / (sums * (n_batch * n_seq))
+    d_logits[rows, columns, targets] -= np.float32(1.0 / (n_batch * n_seq))
     # wte is used twice, to embed the tokens and (transposed) as the output layer: its gradient is
     # the sum of both uses, the output layer's first.
     d_final = d_logits @ wte  # [n_batch, n_seq, n_embd]
