@@ -30,7 +30,10 @@ from gpt2 import attention, causal_mask, gelu, layer_norm, linear, log_softmax, 
 def linear_backward(d_out, x, w):  # [..., m, out], [..., m, in], [in, out] -> dx [..., m, in], dw, db
     d_out2, x2 = d_out.reshape(-1, d_out.shape[-1]), x.reshape(-1, x.shape[-1])  # every row of every text
     dx = (d_out2 @ w.T).reshape(x.shape)  # each input feeds every output through w
-    dw = x2.T @ d_out2  # [in, m] @ [m, out]: summed over the rows, as the weights serve every row
+    # x.T @ d_out, [in, m] @ [m, out]: summed over the rows, as the weights serve every row; computed
+    # transposed, so that it comes out column by column like the weights it updates (the optimizer's
+    # elementwise passes then run along memory)
+    dw = (d_out2.T @ x2).T
     return dx, {"w": dw, "b": d_out2.sum(axis=0)}
 
 
@@ -173,7 +176,9 @@ def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the me
     # wte is used twice, to embed the tokens and (transposed) as the output layer: its gradient is
     # the sum of both uses, the output layer's first.
     d_final = d_logits @ wte  # [n_batch, n_seq, n_embd]
-    d_wte = d_logits.reshape(-1, d_logits.shape[-1]).T @ final.reshape(-1, final.shape[-1])  # [n_vocab, n_embd]
+    d_wte = (
+        final.reshape(-1, final.shape[-1]).T @ d_logits.reshape(-1, d_logits.shape[-1])
+    ).T  # [n_vocab, n_embd], column by column as wte
     dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"])
     d_blocks = [None] * len(kept)
     for i in reversed(range(len(kept))):
