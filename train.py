@@ -511,7 +511,6 @@ class StopRequested(Exception):
 
 def run(options):
     """The training run that the command line describes (see main)."""
-
     from tqdm import tqdm
 
     import gpt2
@@ -537,8 +536,7 @@ def run(options):
     elif options.fresh and os.path.isdir(out):
         print(f"--fresh: starting over in {out}", file=sys.stderr)
         for name in os.listdir(out):
-            if name in (*RUN_FILES, "log.jsonl", "loss.svg"):
-                os.remove(os.path.join(out, name))
+            os.remove(os.path.join(out, name))  # only a run's files: anything else was refused above
 
     encoder, hparams, params = load_model(options.model or options.model_size, options.models_dir)
     n_head = hparams["n_head"]
@@ -565,18 +563,16 @@ def run(options):
                 f"the {name} text has {len(part)} tokens, not more than one window of --block_size {options.block_size}"
             )
 
+    params = load_run_params(out) if resuming else trainable(params)
     optimizer = AdamW(params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
     rng = np.random.default_rng(options.seed)
     step, elapsed = 0, 0.0
     if resuming:
-        params = load_run_params(out)
-        optimizer = AdamW(params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
         load_optimizer(out, optimizer)
         step, elapsed = state["step"], state["elapsed"]
         optimizer.step_count = step
         rng.bit_generator.state = state["rng"]
         print(f"resuming the run in {out} at step {step}", file=sys.stderr)
-    params = trainable(params) if not resuming else params
     log_path = os.path.join(out, "log.jsonl")
     os.makedirs(out, exist_ok=True)
     records = []
