@@ -367,9 +367,9 @@ def forward_loss(params, batch, n_head):  # the loss of loss_and_grads, without 
 
 
 def memory_needed(hparams, n_batch, block_size):
-    """Bytes a training step needs, roughly: the weights, their gradients and two moments (4 copies),
-    what each block keeps for the backward pass (16 arrays of n_embd per token), the logits and their
-    gradient, and one block's attention weights."""
+    """Bytes a training step needs, roughly: the weights as loaded and their trainable copy, their
+    gradients and two moments (5 copies), what each block keeps for the backward pass (16 arrays of
+    n_embd per token), the logits and their gradient, and one block's attention weights."""
     from utils import expected_shapes
 
     n_params = sum(int(np.prod(shape)) for shape in expected_shapes(hparams).values())
@@ -377,7 +377,7 @@ def memory_needed(hparams, n_batch, block_size):
     activations = hparams["n_layer"] * 16 * tokens * hparams["n_embd"]
     logits = 2 * tokens * hparams["n_vocab"]
     attention_weights = 2 * n_batch * hparams["n_head"] * block_size * block_size
-    return 4 * (4 * n_params + activations + logits + attention_weights)
+    return 4 * (5 * n_params + activations + logits + attention_weights)
 
 
 def memory_available():
