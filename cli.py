@@ -394,7 +394,7 @@ class UsageError(ValueError):
 
 def check_flags(run):
     """Every value main() is given, before anything is loaded or downloaded."""
-    from utils import check_model_name, check_model_size
+    from utils import check_model_name, check_model_size, check_revision
 
     modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
     modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
@@ -410,6 +410,7 @@ def check_flags(run):
     try:
         if run.model is not None:
             check_model_name(run.model)
+            check_revision(run.revision)
         if run.model_size is not None:
             check_model_size(run.model_size)
         for name, low in (("show_probs", 0), ("n_samples", 1), ("batch_size", 1)):

@@ -17,6 +17,7 @@ CONFIG, WEIGHTS = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under HuggingFace's names
 DEFAULT_ENDPOINT = "https://huggingface.co"  # HF_ENDPOINT overrides it, as for HuggingFace's own tools
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "distilgpt2", "openai-community/gpt2-medium"
+REVISION = re.compile(r"[\w.-]+")  # a branch, tag or commit: no slashes, so it names one folder
 
 
 def hparams_from_config(path):
@@ -161,6 +162,12 @@ def read_tokenizer(folder):
     if os.path.isfile(os.path.join(folder, "tokenizer.json")):
         return read_tokenizer_json(os.path.join(folder, "tokenizer.json"))
     raise OSError(f"{folder} has no tokenizer: neither vocab.json and merges.txt nor tokenizer.json")
+
+
+def is_complete(folder):
+    """Whether a folder holds config.json, the weights and a tokenizer."""
+    has = [os.path.isfile(os.path.join(folder, name)) for name in (CONFIG, WEIGHTS, *TOKENIZER_FILES, "tokenizer.json")]
+    return has[0] and has[1] and ((has[2] and has[3]) or has[4])
 
 
 def missing_weights_reason(folder):

@@ -260,6 +260,11 @@ def check_model_name(name_or_path):
     )
 
 
+def check_revision(revision):
+    if not isinstance(revision, str) or not hf.REVISION.fullmatch(revision) or ".." in revision:
+        raise ValueError(f"{revision!r} is not a revision: a branch, tag or commit such as main or v1.0")
+
+
 def load_model(name_or_path, models_dir="models", revision="main"):
     """(encoder, hparams, params) of any GPT-2: one of OpenAI's sizes ("124M"), a folder in OpenAI's
     layout or HuggingFace's, or a model on the HuggingFace hub ("distilgpt2",
@@ -274,11 +279,12 @@ def load_model(name_or_path, models_dir="models", revision="main"):
         path = os.path.realpath(name_or_path)
         slug = f"{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
         return load_hf_folder(name_or_path, os.path.join(models_dir, "hf", "local", slug), name_or_path)
+    check_revision(revision)
     work_dir = os.path.join(models_dir, "hf", f"{name_or_path.replace('/', '--')}@{revision}")
     folder = hf.cache_snapshot(name_or_path, revision)
     if folder is None:
         folder = work_dir
-        if not os.path.isfile(os.path.join(folder, hf.WEIGHTS)) or not os.path.isfile(os.path.join(folder, hf.CONFIG)):
+        if not hf.is_complete(folder):  # a first download, or one cut short
             with model_lock(folder):
                 download_from_hub(name_or_path, revision, folder)
     return load_hf_folder(folder, work_dir, name_or_path)

@@ -292,6 +292,7 @@ def test_a_read_only_folder_is_never_written_into(small_hf_folder, tmp_path):
         (("--model", "distilgpt2", "--model_size", "355M"), "give --model or --model_size, not both"),
         (("--model", "no/such/folder"), "'no/such/folder' is neither a folder nor a model name"),
         (("--model", "../up"), "is neither a folder nor a model name"),
+        (("--model", "distilgpt2", "--revision", "../../etc"), "'../../etc' is not a revision"),
     ],
 )
 def test_model_flag_mistakes_are_usage_errors(tmp_path, capsys, monkeypatch, args, message):
@@ -389,3 +390,12 @@ def test_a_model_in_huggingfaces_cache_is_used_without_a_request(small_hf_folder
         ).returncode
         == 0
     )
+
+
+def test_a_hub_download_cut_short_is_completed_by_the_next_run(hub, tmp_path):
+    hub.modes["merges.txt"] = "404"  # and there is no tokenizer.json: the run stops after the weights
+    with pytest.raises(OSError, match="could not download tokenizer.json"):
+        utils.load_model("someone/tiny-gpt2", str(tmp_path / "models"))
+    hub.modes.clear()
+    utils.load_model("someone/tiny-gpt2", str(tmp_path / "models"))
+    assert len(hub.hits("model.safetensors")) == 1 and len(hub.hits("merges.txt")) == 2
