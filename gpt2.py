@@ -95,19 +95,27 @@ def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e
     return (1 - np.tri(n_q, n_k, n_k - n_q, dtype=np.float32)) * -1e10
 
 
+def split_heads(x, n_heads):  # [..., n_seq, n_heads*d] -> [..., n_heads, n_seq, d]: heads become a batch axis
+    *batch, n_seq, width = x.shape
+    return x.reshape(*batch, n_seq, n_heads, width // n_heads).swapaxes(-3, -2)
+
+
+def merge_heads(x):  # [..., n_heads, n_seq, d] -> [..., n_seq, n_heads*d]
+    *batch, n_heads, n_seq, d = x.shape
+    return x.swapaxes(-3, -2).reshape(*batch, n_seq, n_heads * d)
+
+
 def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
-    *batch, n_seq, n_embd = x.shape
     x = linear(x, **c_attn)  # queries, keys and values at once: [..., n_seq, n_embd] -> [..., n_seq, 3*n_embd]
-    qkv = x.reshape(*batch, n_seq, 3 * n_head, n_embd // n_head)  # q, k, v of each head: [..., n_seq, 3*n_head, d]
-    qkv = qkv.swapaxes(-3, -2)  # heads become a batch axis: [..., 3*n_head, n_seq, d]
+    qkv = split_heads(x, 3 * n_head)  # q, k and v of each head: [..., 3*n_head, n_seq, d]
     q, kv = qkv[..., :n_head, :, :], qkv[..., n_head:, :, :]  # [..., n_head, n_seq, d], [..., 2*n_head, n_seq, d]
     if kv_cache is not None:  # keys and values of the n_past earlier positions are kept, not recomputed
         buffer, n_past = kv_cache  # [..., 2*n_head, length, d], int
-        buffer[..., n_past : n_past + n_seq, :] = kv  # this call's keys and values go after them
-        kv = buffer[..., : n_past + n_seq, :]  # [..., 2*n_head, n_past + n_seq, d]
+        n_k = n_past + kv.shape[-2]
+        buffer[..., n_past:n_k, :] = kv  # this call's keys and values go after them
+        kv = buffer[..., :n_k, :]  # [..., 2*n_head, n_k, d]
     k, v = kv[..., :n_head, :, :], kv[..., n_head:, :, :]  # each [..., n_head, n_k, d], n_k = n_past + n_seq
-    out = attention(q, k, v, mask)  # [..., n_head, n_seq, d]
-    out = out.swapaxes(-3, -2).reshape(*batch, n_seq, n_embd)  # merge heads: [..., n_seq, n_embd]
+    out = merge_heads(attention(q, k, v, mask))  # [..., n_head, n_seq, d] -> [..., n_seq, n_embd]
     return linear(out, **c_proj)  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
 
 

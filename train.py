@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from gpt2 import attention, causal_mask, gelu, layer_norm, linear, log_softmax, softmax
+from gpt2 import attention, causal_mask, gelu, layer_norm, linear, log_softmax, merge_heads, softmax, split_heads
 
 # The building blocks, backwards.
 
@@ -98,21 +98,10 @@ def attention_backward(d_out, q, k, v, mask):  # [..., n_q, d] and the inputs ->
 # One transformer block, forwards (keeping what the backward needs) and backwards.
 
 
-def split_heads(qkv, n_head):  # [..., n_seq, 3*n_embd] -> q, k, v, each [..., n_head, n_seq, d], as mha does
-    *batch, n_seq, three_n_embd = qkv.shape
-    heads = qkv.reshape(*batch, n_seq, 3 * n_head, three_n_embd // (3 * n_head)).swapaxes(-3, -2)
-    return heads[..., :n_head, :, :], heads[..., n_head : 2 * n_head, :, :], heads[..., 2 * n_head :, :, :]
-
-
-def merge_heads(heads):  # [..., n_head, n_seq, d] -> [..., n_seq, n_head*d]
-    *batch, n_head, n_seq, d = heads.shape
-    return heads.swapaxes(-3, -2).reshape(*batch, n_seq, n_head * d)
-
-
 def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_embd] -> the same, and what backward keeps
     a = layer_norm(x, **ln_1)
-    qkv = linear(a, **attn["c_attn"])
-    q, k, v = split_heads(qkv, n_head)
+    qkv = split_heads(linear(a, **attn["c_attn"]), 3 * n_head)  # as mha: [..., 3*n_head, n_seq, d]
+    q, k, v = qkv[..., :n_head, :, :], qkv[..., n_head : 2 * n_head, :, :], qkv[..., 2 * n_head :, :, :]
     merged = merge_heads(attention(q, k, v, mask))
     x_mid = x + linear(merged, **attn["c_proj"])  # tokens exchange information
     b = layer_norm(x_mid, **ln_2)
@@ -129,9 +118,8 @@ def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, mask):  # d_out [
     d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"])
     d_x_mid += d_out  # the residual: the output is x_mid plus the feed-forward's part
     d_merged, d_attn_proj = linear_backward(d_x_mid, merged, attn["c_proj"]["w"])
-    d_heads = d_merged.reshape(*d_merged.shape[:-1], n_head, -1).swapaxes(-3, -2)  # split like the heads
-    dq, dk, dv = attention_backward(d_heads, q, k, v, mask)
-    d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads reads it
+    dq, dk, dv = attention_backward(split_heads(d_merged, n_head), q, k, v, mask)
+    d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads read it
     d_a, d_c_attn = linear_backward(d_qkv, a, attn["c_attn"]["w"])
     dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"])
     dx += d_x_mid  # the residual again
