@@ -1,6 +1,7 @@
 """train.py's backward pass and AdamW against PyTorch's autograd and torch.optim.AdamW on HuggingFace's
 GPT2LMHeadModel with the same weights, and against jax.grad(gpt2.lm_loss), as llm.c's test_gpt2.c
-checks its hand-written backward pass."""
+checks its hand-written backward pass (skipped where torch, transformers or JAX are missing); and
+python train.py itself."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,6 @@ from helpers import N_HEAD, SMALL_HPARAMS
 
 import gpt2
 import train
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
 
 
 def random_batch(seed, n_batch, n_seq):
@@ -35,6 +33,8 @@ def at(tree, path):
 
 def hf_loss_and_grads(model, batch):
     """HuggingFace's loss (its labels are shifted inside the model) and autograd's gradient of every weight."""
+    import torch
+
     model.zero_grad()
     loss = model(torch.tensor(batch), labels=torch.tensor(batch)).loss
     loss.backward()
@@ -81,6 +81,8 @@ def test_gradient_equals_jax_grad_of_lm_loss(small_params):
 def test_ten_adamw_steps_give_pytorchs_losses(small_variables):
     """One fixed batch, weight decay on matrices and embeddings only, clipping at a norm the gradients
     exceed: the loss after each step equals PyTorch's within 1e-4, relative."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     from random_model import hf_model, nested_params
 
     model = hf_model(small_variables, SMALL_HPARAMS).train()  # dropout is 0: train() changes nothing else
@@ -255,8 +257,9 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
 
 
 def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
     from helpers import PROMPT, cli
-    from transformers import GPT2LMHeadModel
 
     import utils
 
@@ -267,7 +270,7 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
     ids = random_batch(7, 1, 30)[0].tolist()
     ours = gpt2.gpt2(ids, **loaded, n_head=hparams["n_head"])
     np.testing.assert_array_equal(ours, gpt2.gpt2(ids, **params, n_head=hparams["n_head"]))
-    model = GPT2LMHeadModel.from_pretrained(str(out)).eval()
+    model = transformers.GPT2LMHeadModel.from_pretrained(str(out)).eval()
     with torch.no_grad():
         np.testing.assert_allclose(ours, model(torch.tensor([ids])).logits[0].numpy(), atol=1e-4, rtol=0)
     result = cli(capsys, PROMPT, "-n", "4", "--model", str(out), "--models_dir", str(small_run / "models"))
