@@ -56,6 +56,11 @@ def announced_sha256(response):
     return None
 
 
+def kept_note(part, have):
+    """What a full disk's message adds about the bytes kept for resuming, if any."""
+    return f"; the {megabytes(have)} downloaded so far stay in {os.path.basename(part)} to resume from" if have else ""
+
+
 def fetch(session, url, path):
     """Append the rest of url to path's .part file: ask for the bytes it lacks (an HTTP Range request),
     or start over where the server sends the whole file. Returns the sha256 the server vouches for."""
@@ -72,11 +77,8 @@ def fetch(session, url, path):
         if response.status_code != 206:  # the server ignored the Range header: start over
             have = 0
         length = response.headers.get("content-length")
-        kept = (
-            f"; the {megabytes(have)} downloaded so far stay in {os.path.basename(part)} to resume from" if have else ""
-        )
         if length is not None:
-            check_room(os.path.dirname(path), f"for {os.path.basename(path)}", int(length), kept)
+            check_room(os.path.dirname(path), f"for {os.path.basename(path)}", int(length), kept_note(part, have))
         total = have + int(length) if length is not None else None
         try:
             with (
@@ -92,8 +94,7 @@ def fetch(session, url, path):
         except OSError as e:  # what reached the disk is a prefix of the file: the next run resumes it
             if e.errno != errno.ENOSPC:
                 raise
-            have = os.path.getsize(part)
-            kept = f"; the {megabytes(have)} downloaded so far stay in {os.path.basename(part)} to resume from"
+            kept = kept_note(part, os.path.getsize(part))
             raise disk_full(os.path.dirname(path), f"for {os.path.basename(path)}", kept=kept) from None
         return announced_sha256(response)
 

@@ -11,6 +11,7 @@ import os
 import re
 
 from encoder import read_encoder, read_tokenizer_json
+from files import synced
 from safetensors_file import SafetensorsError, read_header, read_tensors
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -113,9 +114,11 @@ def write_tokenizer(encoder, folder, suffix=""):
     """vocab.json and merges.txt (each name + suffix) of an Encoder, as HuggingFace names OpenAI's two files."""
     with open(os.path.join(folder, "vocab.json" + suffix), "w", encoding="utf-8") as f:
         json.dump(encoder.encoder, f, ensure_ascii=False)
+        synced(f)
     merges = sorted(encoder.bpe_ranks, key=encoder.bpe_ranks.get)
     with open(os.path.join(folder, "merges.txt" + suffix), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        synced(f)
 
 
 def tensors(weights_path):

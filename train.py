@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from gpt2 import attention, causal_mask, gelu, layer_norm, linear, log_softmax, merge_heads, softmax, split_heads
+from gpt2 import attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax, split_heads
 
 # The building blocks, backwards.
 
@@ -346,12 +346,10 @@ def held_out_loss(params, ids, n_head, n_batch, block_size, max_windows=16):
 
 
 def forward_loss(params, batch, n_head):  # the loss of loss_and_grads, without the backward pass
-    from gpt2 import gpt2
+    from gpt2 import gpt2, next_token_nlls
 
-    logits = gpt2(batch[:, :-1], **params, n_head=n_head)
-    log_probs = log_softmax(logits)
-    rows, columns = np.indices(batch[:, 1:].shape)
-    return float(-log_probs[rows, columns, batch[:, 1:]].mean())
+    logits = gpt2(batch[:, :-1], **params, n_head=n_head)  # [n_batch, n_seq, n_vocab]
+    return float(np.mean(next_token_nlls(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))))
 
 
 def memory_needed(hparams, n_batch, block_size):
@@ -384,9 +382,8 @@ def memory_available():
 RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "optimizer.safetensors", "state.json")
 
 
-def flat(params):
-    """{"blocks.0.attn.c_attn.w": array, ...}: the flat keys of utils.nest's inverse."""
-    return {".".join(str(part) for part in path): array for path, array in leaves(params)}
+def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_attn.w", utils.nest's flat key
+    return ".".join(str(part) for part in path)
 
 
 def save_run(folder, params, hparams, encoder, optimizer, state):
@@ -406,10 +403,10 @@ def save_run(folder, params, hparams, encoder, optimizer, state):
     with open(partial("config.json"), "w") as f:
         json.dump(hf.config_for(hparams), f, indent=2)
         synced(f)
-    safetensors_file.write(partial("model.safetensors"), {hf.hf_name(k): v for k, v in flat(params).items()})
+    safetensors_file.write(partial("model.safetensors"), {hf.hf_name(dotted(p)): a for p, a in leaves(params)})
     hf.write_tokenizer(encoder, folder, suffix=".partial")
-    moments = {f"m.{path}": array for path, array in flat_moments(optimizer.m).items()}
-    moments.update({f"v.{path}": array for path, array in flat_moments(optimizer.v).items()})
+    moments = {f"m.{dotted(path)}": array for path, array in optimizer.m.items()}
+    moments.update({f"v.{dotted(path)}": array for path, array in optimizer.v.items()})
     safetensors_file.write(partial("optimizer.safetensors"), moments, {"step": optimizer.step_count})
     with open(partial("state.json"), "w") as f:
         json.dump(state, f)
@@ -420,10 +417,6 @@ def save_run(folder, params, hparams, encoder, optimizer, state):
         synced(f)
     os.replace(commit + ".partial", commit)  # the save counts from here
     finish_save(folder)
-
-
-def flat_moments(moments):
-    return {".".join(str(part) for part in path): array for path, array in moments.items()}
 
 
 def finish_save(folder):
@@ -452,9 +445,8 @@ def load_optimizer(folder, optimizer):
 
     by_name = dict(read_tensors(os.path.join(folder, "optimizer.safetensors")))
     for path in optimizer.m:
-        key = ".".join(str(part) for part in path)
-        optimizer.m[path][...] = by_name[f"m.{key}"]
-        optimizer.v[path][...] = by_name[f"v.{key}"]
+        optimizer.m[path][...] = by_name[f"m.{dotted(path)}"]
+        optimizer.v[path][...] = by_name[f"v.{dotted(path)}"]
 
 
 def load_run_params(folder):

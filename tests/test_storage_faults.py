@@ -158,10 +158,11 @@ def test_waiting_for_another_process_says_so_and_can_be_interrupted(models_copy,
         waiting = start_gpt2(PROMPT, "-n", "2", "--models_dir", str(models_copy))
         interrupted = start_gpt2(PROMPT, "-n", "2", "--models_dir", str(models_copy))
         said = read_until(interrupted.stderr, waiting_line)
+        waiting_said = read_until(waiting.stderr, waiting_line)  # both wait before the lock is let go
         interrupted.send_signal(signal.SIGINT)
         _, stderr = interrupted.communicate(timeout=60)
         assert interrupted.returncode == 130
         assert (said + stderr).splitlines() == [waiting_line, "interrupted"]
     stdout, stderr = waiting.communicate(timeout=120)  # the lock is free: it goes on
     assert waiting.returncode == 0 and stdout
-    assert stderr.splitlines()[0] == waiting_line
+    assert (waiting_said + stderr).splitlines()[0] == waiting_line
