@@ -488,15 +488,46 @@ def measure_train(params, n_head, rounds=3, n_batch=4, n_seq=256):
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
             torch_optimizer.step()
 
+    jax_loss_and_grads = jax_value_and_grad(params, batch, n_head)
     a, b = np.ones((2048, 768), np.float32), np.ones((768, 3072), np.float32)
     rows = []
     for _ in range(rounds):
         row = {"ours": seconds(ours), "matmul_flops": 2 * 2048 * 768 * 3072 / median_seconds(a.__matmul__, 5, b)}
         if torch_step is not None:
             row["torch"] = seconds(torch_step)
+        if jax_loss_and_grads is not None:
+            row["jax"] = seconds(jax_loss_and_grads)
         rows.append(row)
     n_params = sum(array.size for _, array in train.leaves(params))
     return rows, n_params, n_batch * n_seq
+
+
+def jax_value_and_grad(params, batch, n_head):
+    """A call that computes the mean loss of the batch and its gradients with JAX: jax.jit(jax.value_and_grad)
+    of gpt2.lm_loss, from a second copy of gpt2.py whose functions find jax.numpy as `np` (the tutorial's
+    "What next"), compiled before it is returned. None without JAX."""
+    try:
+        import jax
+    except ImportError:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpt2_on_jax", os.path.join(REPO_DIR, "gpt2.py"))
+    gpt2_on_jax = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpt2_on_jax)
+    gpt2_on_jax.np = jax.numpy
+
+    def mean_loss(params, batch):
+        return jax.vmap(lambda ids: gpt2_on_jax.lm_loss(params, ids, n_head))(batch).mean()
+
+    value_and_grad = jax.jit(jax.value_and_grad(mean_loss))
+    params, batch = jax.device_put(params), jax.numpy.asarray(batch)
+
+    def call():
+        jax.block_until_ready(value_and_grad(params, batch))
+
+    call()
+    return call
 
 
 def peak_training_rss(models_dir, n_batch=4, n_seq=256):
@@ -527,6 +558,11 @@ def report_train(rows, n_params, tokens, peak_megabytes):
         print(
             f"  PyTorch (GPT2LMHeadModel, AdamW): {median('torch'):.2f} s, {tokens / median('torch'):.0f} tokens/s; "
             f"train.py is {median('torch', 'ours'):.2f}x"
+        )
+    if "jax" in rows[0]:
+        print(
+            f"  JAX (jit of value_and_grad(lm_loss), no optimizer): {median('jax'):.2f} s, "
+            f"{tokens / median('jax'):.0f} tokens/s; train.py's whole step is {median('jax', 'ours'):.2f}x"
         )
     print(f"  peak RSS of two steps in a fresh process: {peak_megabytes:.0f} MB")
 

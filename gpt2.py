@@ -83,10 +83,14 @@ def ffn(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
     return linear(a, **c_proj)  # down projection: [..., n_seq, 4*n_embd] -> [..., n_seq, n_embd]
 
 
-def attention(q, k, v, mask):  # [..., n_q, d], [..., n_k, d] twice, [..., n_q, n_k] -> [..., n_q, d]
+def attention_weights(q, k, mask):  # [..., n_q, d], [..., n_k, d], [..., n_q, n_k] -> [..., n_q, n_k]
     scores = (q / math.sqrt(q.shape[-1])) @ k.swapaxes(-1, -2)  # scaled dot products: [..., n_q, n_k]
     scores += mask  # a position may only look at itself and earlier ones
-    return softmax(scores) @ v  # mix the values by those weights: [..., n_q, n_k] @ [..., n_k, d]
+    return softmax(scores)  # how much each query takes from each key: each row sums to 1
+
+
+def attention(q, k, v, mask):  # [..., n_q, d], [..., n_k, d] twice, [..., n_q, n_k] -> [..., n_q, d]
+    return attention_weights(q, k, mask) @ v  # mix the values by those weights: [..., n_q, n_k] @ [..., n_k, d]
 
 
 def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e10 where j comes after it
@@ -324,13 +328,14 @@ def generate_batch_stream(
         yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text)
 
 
-def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text):
-    """The steps of generate_batch_stream for one batch: prompts, their row numbers, every row's random stream."""
+def prefill_rows(prompts, params, n_head, length):
+    """A batch's start: each prompt read on its own into its row of one cache of `length` positions, the
+    rows lined up at the right. Returns (the next token's logits [n_rows, n_vocab], kv_cache, pad)."""
     n_prompt = max(len(inputs) for inputs in prompts)
-    pad = np.array([n_prompt - len(inputs) for inputs in prompts])  # rows line up at the right
-    buffers, _ = new_kv_cache(params, n_head, n_prompt + n_tokens_to_generate - 1, batch=(len(prompts),))
+    pad = np.array([n_prompt - len(inputs) for inputs in prompts])  # empty positions before each row's prompt
+    buffers, _ = new_kv_cache(params, n_head, length, batch=(len(prompts),))
     first_logits, index_of_prompt = [], {}
-    for i, inputs in enumerate(prompts):  # each prompt on its own, into its row of the cache after its pad
+    for i, inputs in enumerate(prompts):
         if tuple(inputs) in index_of_prompt:  # the same prompt again (several samples): copy its work
             buffers[:, i] = buffers[:, index_of_prompt[tuple(inputs)]]
             first_logits.append(first_logits[index_of_prompt[tuple(inputs)]])
@@ -340,7 +345,13 @@ def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, samp
         logits, _ = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=(row_cache, 0))
         first_logits.append(logits)
         index_of_prompt[tuple(inputs)] = i
-    logits, kv_cache = np.stack(first_logits), (buffers, n_prompt)  # [n_running, n_vocab]
+    return np.stack(first_logits), (buffers, n_prompt), pad
+
+
+def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text):
+    """The steps of generate_batch_stream for one batch: prompts, their row numbers, every row's random stream."""
+    length = max(len(inputs) for inputs in prompts) + n_tokens_to_generate - 1  # the last token is not fed
+    logits, kv_cache, pad = prefill_rows(prompts, params, n_head, length)  # [n_running, n_vocab]
     for step in range(n_tokens_to_generate):
         uniforms = np.array([rngs[row].random() for row in rows])
         token_ids = next_token(logits, uniforms, **sampling)  # [n_running]

@@ -19,10 +19,40 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gpt2 import attention, causal_mask, gelu, layer_norm, linear, merge_heads, softmax, split_heads
+from gpt2 import attention, attention_weights, causal_mask, gelu, layer_norm, linear, merge_heads, split_heads
+
+# NumPy runs an elementwise operation on one core, over a whole array at a time, while its matrix
+# products use every core. The long chains of elementwise passes (gelu and its backward, the softmaxes,
+# AdamW) go instead a piece at a time, each piece small enough that all of its passes find it in the
+# processor's cache, with a thread per core (NumPy lets go of the interpreter's lock inside its loops).
+# The pieces depend only on the array's shape, so the results are the same, bit for bit, on any number
+# of cores.
+
+PIECE = 1 << 18  # numbers: 1 MB of float32 per array
+THREADS = ThreadPoolExecutor(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
+def on_every_core(work, n, piece=PIECE):
+    """work(slice) for slices of at most `piece` that cover range(n), spread over a thread per core."""
+    for _ in THREADS.map(work, [slice(start, start + piece) for start in range(0, n, piece)]):
+        pass
+
+
+def by_rows(function, *arrays):  # arrays [..., n] of one shape -> function(*arrays), a few rows at a time
+    """For a function that works on each row (the last axis) apart from the others."""
+    rows = [a.reshape(-1, a.shape[-1]) for a in arrays]
+    out = np.empty(rows[0].shape, dtype=np.float32)
+
+    def work(piece):
+        out[piece] = function(*(r[piece] for r in rows))
+
+    on_every_core(work, len(out), max(1, PIECE // out.shape[-1]))
+    return out.reshape(arrays[0].shape)
+
 
 # The building blocks, backwards.
 
@@ -38,27 +68,32 @@ def linear_backward(d_out, x, w):  # [..., m, out], [..., m, in], [in, out] -> d
 
 
 def gelu_backward(d_out, x):  # elementwise: d/dx of 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 x^3)
-    # = 0.5 * (1 + tanh(u)) + 0.5 * x * (1 - tanh(u)^2) * du/dx, computed in three buffers (x is large)
+    # = 0.5 * (1 + tanh(u)) + 0.5 * x * (1 - tanh(u)^2) * du/dx, in fourteen passes: a piece at a time,
+    # on every core (x is the largest input of a block: four values per number of the residual stream)
     c = math.sqrt(2.0 / math.pi)
-    x_squared = x * x
-    tanh_u = x_squared * 0.044715
-    tanh_u += 1.0
-    tanh_u *= x
-    tanh_u *= c
-    np.tanh(tanh_u, out=tanh_u)
-    du_dx = x_squared  # reused: c * (1 + 3 * 0.044715 * x^2)
-    du_dx *= 3 * 0.044715 * c
-    du_dx += c
-    slope = tanh_u * tanh_u  # then 0.5 * x * (1 - tanh(u)^2) * du/dx
-    np.subtract(1.0, slope, out=slope)
-    slope *= du_dx
-    slope *= x
-    slope *= 0.5
-    tanh_u += 1.0
-    tanh_u *= 0.5
-    tanh_u += slope
-    tanh_u *= d_out
-    return tanh_u
+
+    def piece(d_out, x):
+        x_squared = x * x
+        tanh_u = x_squared * 0.044715
+        tanh_u += 1.0
+        tanh_u *= x
+        tanh_u *= c
+        np.tanh(tanh_u, out=tanh_u)
+        du_dx = x_squared  # reused: c * (1 + 3 * 0.044715 * x^2)
+        du_dx *= 3 * 0.044715 * c
+        du_dx += c
+        slope = tanh_u * tanh_u  # then 0.5 * x * (1 - tanh(u)^2) * du/dx
+        np.subtract(1.0, slope, out=slope)
+        slope *= du_dx
+        slope *= x
+        slope *= 0.5
+        tanh_u += 1.0
+        tanh_u *= 0.5
+        tanh_u += slope
+        tanh_u *= d_out
+        return tanh_u
+
+    return by_rows(piece, d_out, x)
 
 
 def layer_norm_backward(d_out, x, g, eps=1e-5):  # [..., n], [..., n], [n] -> dx [..., n], dg, db
@@ -87,9 +122,9 @@ def attention_backward(d_out, q, k, v, mask):  # [..., n_q, d] and the inputs ->
     """The attention weights are computed again from q and k (one product) rather than kept: they are
     the largest array of the forward pass, n_head x n_seq x n_seq per block."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    probs = softmax((q * scale) @ k.swapaxes(-1, -2) + mask)  # [..., n_q, n_k]
+    probs = attention_weights(q, k, mask)  # [..., n_q, n_k]
     dv = probs.swapaxes(-1, -2) @ d_out  # each value was mixed into the outputs by its weights
-    d_scores = softmax_backward(d_out @ v.swapaxes(-1, -2), probs)  # [..., n_q, n_k]
+    d_scores = by_rows(softmax_backward, d_out @ v.swapaxes(-1, -2), probs)  # [..., n_q, n_k]
     dq = (d_scores @ k) * scale
     dk = (d_scores.swapaxes(-1, -2) @ q) * scale
     return dq, dk, dv
@@ -106,7 +141,7 @@ def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_emb
     x_mid = x + linear(merged, **attn["c_proj"])  # tokens exchange information
     b = layer_norm(x_mid, **ln_2)
     h = linear(b, **mlp["c_fc"])
-    gelu_h = gelu(h)
+    gelu_h = by_rows(gelu, h)
     out = x_mid + linear(gelu_h, **mlp["c_proj"])  # each token on its own
     return out, (x, a, q, k, v, merged, x_mid, b, h, gelu_h)
 
@@ -150,16 +185,23 @@ def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the me
     # with the largest logit taken out first so that exp cannot overflow.
     rows, columns = np.indices(targets.shape)
     target_logits = logits[rows, columns, targets]  # [n_batch, n_seq]
-    largest = logits.max(axis=-1, keepdims=True)
-    logits -= largest
-    exp_logits = np.exp(logits, out=logits)  # in place: the logits are the largest array of the step
-    sums = exp_logits.sum(axis=-1, keepdims=True)
-    loss = (np.log(sums[..., 0]) + largest[..., 0] - target_logits).mean()
+    log_sums = np.empty(targets.shape, dtype=np.float32)  # log(sum(exp(logits))) of each prediction
 
     # Backwards. The gradient of the loss with respect to the logits is softmax(logits) minus 1 at the
-    # target, over the number of predictions.
-    d_logits = exp_logits
-    d_logits *= 1.0 / (sums * (n_batch * n_seq))
+    # target, over the number of predictions; the softmax is computed in place, the logits being the
+    # largest array of the step.
+    def softmax_over_predictions(piece):
+        logits_piece = logits.reshape(-1, logits.shape[-1])[piece]
+        largest = logits_piece.max(axis=-1, keepdims=True)
+        logits_piece -= largest
+        np.exp(logits_piece, out=logits_piece)
+        sums = logits_piece.sum(axis=-1, keepdims=True)
+        logits_piece *= 1.0 / (sums * (n_batch * n_seq))
+        log_sums.reshape(-1)[piece] = np.log(sums[:, 0]) + largest[:, 0]
+
+    on_every_core(softmax_over_predictions, n_batch * n_seq, max(1, PIECE // logits.shape[-1]))
+    loss = (log_sums - target_logits).mean()
+    d_logits = logits
     d_logits[rows, columns, targets] -= np.float32(1.0 / (n_batch * n_seq))
     # wte is used twice, to embed the tokens and (transposed) as the output layer: its gradient is
     # the sum of both uses, the output layer's first.
@@ -225,26 +267,31 @@ class AdamW:
         self.step_count += 1
         correction1 = 1.0 - self.beta1**self.step_count
         correction2 = 1.0 - self.beta2**self.step_count
-        # one scratch buffer as large as the largest weight, for the update of each in turn
-        scratch = np.empty(max(p.size for _, p in leaves(params)), dtype=np.float32)
         for (path, p), (_, g) in zip(leaves(params), leaves(grads)):
-            work = scratch[: p.size].reshape(p.shape, order="F" if p.flags.f_contiguous and p.ndim > 1 else "C")
-            if self.weight_decay and decays(path):
-                p *= np.float32(1.0 - learning_rate * self.weight_decay)
-            m, v = self.m[path], self.v[path]
-            m *= np.float32(self.beta1)
-            np.multiply(g, np.float32(1.0 - self.beta1), out=work)
-            m += work
-            v *= np.float32(self.beta2)
-            np.multiply(g, g, out=work)
-            work *= np.float32(1.0 - self.beta2)
-            v += work
-            np.sqrt(v, out=work)  # the denominator: sqrt of the corrected second moment, plus eps
-            work /= np.float32(math.sqrt(correction2))
-            work += np.float32(self.eps)
-            np.divide(m, work, out=work)
-            work *= np.float32(learning_rate / correction1)
-            p -= work
+            decay = self.weight_decay if decays(path) else 0.0
+            # the numbers of each array in the order they lie in p's memory (views: the writes land in p)
+            order = "F" if p.flags.f_contiguous and p.ndim > 1 else "C"
+            p, g, m, v = (a.reshape(-1, order=order) for a in (p, g, self.m[path], self.v[path]))
+
+            def work(piece, p=p, g=g, m=m, v=v, decay=decay):
+                p, g, m, v = p[piece], g[piece], m[piece], v[piece]
+                if decay:
+                    p *= np.float32(1.0 - learning_rate * decay)
+                m *= np.float32(self.beta1)
+                scratch = g * np.float32(1.0 - self.beta1)
+                m += scratch
+                v *= np.float32(self.beta2)
+                np.multiply(g, g, out=scratch)
+                scratch *= np.float32(1.0 - self.beta2)
+                v += scratch
+                np.sqrt(v, out=scratch)  # the denominator: sqrt of the corrected second moment, plus eps
+                scratch /= np.float32(math.sqrt(correction2))
+                scratch += np.float32(self.eps)
+                np.divide(m, scratch, out=scratch)
+                scratch *= np.float32(learning_rate / correction1)
+                p -= scratch
+
+            on_every_core(work, p.size)
 
 
 def trainable(params):
