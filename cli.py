@@ -325,6 +325,9 @@ def main(
     batch_size=DEFAULT_BATCH_SIZE,
     jsonl=None,
     interactive=False,
+    serve=False,
+    host="127.0.0.1",
+    port=8000,
 ):
     """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
     With --score, measure how well GPT-2 predicts the text instead; returns the perplexity.
@@ -371,9 +374,17 @@ def main(
             reads "text" and adds "n_tokens", "n_scored", "nll" and "perplexity". Other keys are kept.
         interactive: ask for prompts one after another ("Model prompt >>> "), with the model loaded once.
             Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.
+        serve: load the model once and answer over HTTP until Ctrl-C: a page that shows the model at work
+            (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions
+            API at /v1/completions for the openai client and curl. Requests that arrive together are
+            decoded together, up to --batch_size of them; each request brings its own sampling options.
+        host: with --serve, the address to listen on: 127.0.0.1, this machine only (0.0.0.0 opens it to the network).
+        port: with --serve, the port to listen on (0: any free one, printed at the start).
     """
     run = Run(locals())
     check_flags(run)
+    if serve:
+        return serve_model(run)
     if jsonl is not None:
         source, records = read_jsonl(str(jsonl), "text" if score else "prompt")
     elif not interactive:
@@ -388,6 +399,15 @@ def main(
     return generate_text(run, run.encoder.encode(text))
 
 
+def serve_model(run):
+    import serve
+
+    server = serve.bind(run.host, run.port)  # before loading: a port in use fails at once
+    run.load()
+    name = run.model or run.model_size or "124M"
+    serve.serve(server, serve.App(name, run.encoder, run.params, run.n_head, run.batch_size))
+
+
 class UsageError(ValueError):
     """A mistake in what the command line was given: exit code 2, before anything is loaded."""
 
@@ -398,7 +418,11 @@ def check_flags(run):
 
     modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
     modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
-    if not modes:
+    if run.serve:
+        check_serving(run, modes)
+    elif run.host != "127.0.0.1" or run.port != 8000:
+        raise UsageError("--host and --port go with --serve")
+    elif not modes:
         raise UsageError("give a prompt (or - to read standard input, --file PATH, --jsonl PATH or --interactive)")
     if len(modes) > 1:
         both = "both " if len(modes) == 2 else "all of "
@@ -451,7 +475,8 @@ def fire_arguments(args):
                 hint = f"; did you mean --{close[0]}?" if close else "; see --help"
                 raise UsageError(f"unknown flag {arg.partition('=')[0]}{hint}")
             if not has_value and (name in switches or name.removeprefix("no") in switches):
-                result.append(arg)
+                # with its value written out: fire would take a bare switch's next word for its value
+                result.append(f"--{name}=True" if name in switches else f"--{name.removeprefix('no')}=False")
                 i += 1
                 continue
             if not has_value:
@@ -475,7 +500,24 @@ def fire_arguments(args):
     return result
 
 
-TEXT_FLAGS = {"prompt", "model_size", "model", "revision", "models_dir", "file", "jsonl"}
+def check_serving(run, modes):
+    """--serve answers requests, which bring their own prompts and options: no others on the command line."""
+    if modes:
+        raise UsageError(f"--serve takes its prompts from requests: not with {modes[0]}")
+    defaults = {name: p.default for name, p in inspect.signature(main).parameters.items()}
+    for name in ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "stop_at_end_of_text",
+                 "show_probs", "score", "stride", "prepend_end_of_text", "n_samples"):
+        if getattr(run, name) != defaults[name]:
+            raise UsageError(f"--{name} is not for --serve: each request gives its own options")
+    if not isinstance(run.host, str) or not run.host:
+        raise UsageError(f"--host must be an address such as 127.0.0.1, not {run.host!r}")
+    try:
+        check_whole_number("port", run.port, 0, 65535)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+TEXT_FLAGS = {"prompt", "model_size", "model", "revision", "models_dir", "file", "jsonl", "host"}
 METAVARS = {
     "model_size": "SIZE",
     "model": "NAME_OR_PATH",
@@ -485,6 +527,8 @@ METAVARS = {
     "jsonl": "PATH",
     "temperature": "T",
     "top_p": "P",
+    "host": "ADDRESS",
+    "port": "PORT",
 }
 DEFAULTS_SHOWN = {
     "model_size": "124M",
@@ -503,7 +547,8 @@ EXAMPLES = """\
   python gpt2.py --file essay.txt --score
   python gpt2.py --jsonl prompts.jsonl -n 20 > completions.jsonl
   python gpt2.py --interactive --temperature 0.8 --top_k 40
-  python gpt2.py "Hello, I'm a language model," --model distilgpt2"""
+  python gpt2.py "Hello, I'm a language model," --model distilgpt2
+  python gpt2.py --serve --port 8000"""
 
 
 def help_text():
@@ -521,6 +566,7 @@ def help_text():
     lines = [
         "usage: python gpt2.py PROMPT [flags]",
         "       python gpt2.py (--file PATH | --jsonl PATH | --interactive) [flags]",
+        "       python gpt2.py --serve [--host ADDRESS] [--port PORT] [flags]",
         "",
     ]
     lines += [summary, "", "arguments:"]

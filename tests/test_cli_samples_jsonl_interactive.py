@@ -185,6 +185,7 @@ def test_interactive_ctrl_c_with_piped_prompts_ends_the_run(small_models_dir, tm
         ((PROMPT, "--n_samples", "2", "--show_probs", "3"), "--show_probs shows one text at a time"),
         (("--jsonl", "x.jsonl", "--show_probs", "3"), "--show_probs shows one text at a time"),
         (("--interactive", "--score"), "--score"),
+        (("--interactive", PROMPT), "not both a prompt and --interactive"),  # a switch never takes the next word
         (("--jsonl", "missing.jsonl"), "cannot read missing.jsonl"),
     ],
 )

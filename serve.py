@@ -1,0 +1,530 @@
+"""`python gpt2.py --serve`: the model over HTTP, for people and for programs.
+
+- `GET /`: the learner's page (page.html): the prompt as tokens, generation streaming in with each
+  token's probability and the model's alternatives, and the attention weights of any layer and head.
+- `POST /v1/completions`, `GET /v1/models`: OpenAI's completions API, so that the official `openai`
+  client and the tools built on it work unchanged.
+- `POST /v1/tokenize`, `POST /v1/attention`: what the page shows of a prompt: its tokens, and the
+  attention weights of a layer's head.
+
+Only the standard library's HTTP server: one thread per connection reads and answers requests, and
+one thread, the decoder, runs the model. Requests that arrive while it is busy wait, and then decode
+together as the rows of one batch (gpt2.py's batched KV cache), each row with its own options; a row
+whose client has gone away leaves the batch at the next step.
+"""
+
+import codecs
+import json
+import os
+import queue
+import select
+import socket
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+import gpt2
+from gpt2 import END_OF_TEXT
+
+MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
+MAX_CHOICES = 16  # prompts x n of one request
+MAX_STOPS = 4  # stop strings, as OpenAI's API
+MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's API
+ATTENTION_MAX_TOKENS = 64  # beyond this the heat map is too small to read
+# Once a request comes to an idle decoder, it waits for others that were sent at about the same time:
+# until none has come for GATHER_SECONDS, GATHER_MAX_SECONDS at most.
+GATHER_SECONDS, GATHER_MAX_SECONDS = 0.02, 0.2
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+
+
+class BadRequest(ValueError):
+    """What the client sent is wrong: answered with status 400 and OpenAI's error object."""
+
+    def __init__(self, message, param=None, code=None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+# What a completion request may hold: its type check, and its default.
+
+
+def whole(low, high):
+    def check(name, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BadRequest(f"{name} must be a whole number from {low} to {high}, not {json.dumps(value)}", name)
+        return value
+
+    return check
+
+
+def number(low, high, low_open=False):
+    def check(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or (
+            low_open and value == low
+        ):
+            bounds = f"above {low}" if low_open else f"at least {low}"
+            raise BadRequest(f"{name} must be a number {bounds} and at most {high}, not {json.dumps(value)}", name)
+        return float(value)
+
+    return check
+
+
+def boolean(name, value):
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false, not {json.dumps(value)}", name)
+    return value
+
+
+def text(name, value):
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string, not {json.dumps(value)}", name)
+    return value
+
+
+def prompts(name, value):
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return value
+    raise BadRequest("prompt must be a string or a non-empty list of strings", name)
+
+
+def stops(name, value):
+    if value is None:
+        return []
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value) or len(value) > MAX_STOPS:
+        raise BadRequest(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", name)
+    return value
+
+
+def optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+COMPLETION_FIELDS = {
+    "model": (text, None),
+    "prompt": (prompts, None),
+    "max_tokens": (whole(1, gpt2_n_ctx := 1024), 16),
+    "temperature": (number(0, 2), 1.0),
+    "top_p": (number(0, 1, low_open=True), 1.0),
+    "top_k": (whole(0, END_OF_TEXT + 1), 0),
+    "n": (whole(1, MAX_CHOICES), 1),
+    "stream": (boolean, False),
+    "logprobs": (optional(whole(0, MAX_LOGPROBS)), None),
+    "echo": (boolean, False),
+    "stop": (stops, []),
+    "seed": (optional(whole(0, 2**63 - 1)), None),
+    "user": (text, None),
+}
+
+
+def read_completion_request(body, model_name):
+    """The request's options, checked, with their defaults."""
+    unknown = sorted(set(body) - set(COMPLETION_FIELDS))
+    if unknown:
+        raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    for required in ("model", "prompt"):
+        if required not in body:
+            raise BadRequest(f"you must provide a {required} parameter", required)
+    options = {name: check(name, body[name]) if name in body else default for name, (check, default) in COMPLETION_FIELDS.items()}
+    if options["model"] != model_name:
+        raise BadRequest(f"the model `{options['model']}` is not served here: this server has `{model_name}`", "model", "model_not_found")
+    if len(options["prompt"]) * options["n"] > MAX_CHOICES:
+        raise BadRequest(f"prompts x n is at most {MAX_CHOICES} in one request", "n")
+    return options
+
+
+# One choice of a completion: a row of the decoder's batch, and what it has made so far.
+
+
+class Row:
+    """One prompt's continuation as the decoder makes it: the ids, the text (a character split over
+    tokens comes out once complete), and when to stop. The decoder calls add(); the request's thread
+    reads what it puts in `events`: (index, "token", the token's number, the length of the settled text
+    then), and at last (index, "end", finish_reason, the length of the whole text)."""
+
+    def __init__(self, index, prompt_ids, options, rng, encoder, events):
+        self.index, self.prompt_ids, self.rng, self.encoder, self.events = index, prompt_ids, rng, encoder, events
+        self.max_tokens, self.stops = options["max_tokens"], options["stop"]
+        self.sampling = {key: options[key] for key in ("temperature", "top_k", "top_p")}
+        self.n_logprobs = options["logprobs"]  # None: the request asked for none
+        self.ids, self.entries, self.offsets, self.text = [], [], [], ""
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.finish_reason, self.cancelled = None, False
+
+    def add(self, token_id, logits):
+        """The token the decoder chose; returns whether the row is done."""
+        if token_id == END_OF_TEXT:
+            return self.finish("stop")
+        self.offsets.append(len(self.text))
+        self.ids.append(token_id)
+        if self.n_logprobs is not None:
+            self.entries.append(logprob_entry(self.encoder, token_id, logits, self.n_logprobs))
+        self.text += self.utf8.decode(self.encoder.decode_bytes([token_id]))
+        for stop in self.stops:
+            at = self.text.find(stop, max(0, self.offsets[-1] - len(stop)))
+            if at >= 0:
+                self.text = self.text[:at]
+                if at > self.offsets[-1]:  # the token starts before the stop string: it is part of the text
+                    self.events.put((self.index, "token", len(self.ids) - 1, at))
+                return self.finish("stop")
+        self.events.put((self.index, "token", len(self.ids) - 1, len(self.settled_text())))
+        if len(self.ids) == self.max_tokens:
+            return self.finish("length")
+        return False
+
+    def finish(self, reason):
+        self.text += self.utf8.decode(b"", final=True)
+        self.finish_reason = reason
+        self.events.put((self.index, "end", reason, len(self.text)))
+        return True
+
+    def settled_text(self):
+        """The part of the text no later token can take back: all but what could be the start of a stop string."""
+        hold = max((len(stop) - 1 for stop in self.stops), default=0)
+        return self.text if self.finish_reason else self.text[: max(0, len(self.text) - hold)]
+
+
+class Decoder(threading.Thread):
+    """The one thread that runs the model: takes the rows that are waiting (up to batch_size) and
+    decodes them together until each is done, then the next ones."""
+
+    def __init__(self, params, n_head, batch_size):
+        super().__init__(daemon=True, name="decoder")
+        self.params, self.n_head, self.batch_size = params, n_head, batch_size
+        self.waiting = queue.Queue()
+
+    def run(self):
+        while True:
+            rows, deadline = [self.waiting.get()], time.monotonic() + GATHER_MAX_SECONDS
+            while len(rows) < self.batch_size:
+                try:
+                    rows.append(self.waiting.get(timeout=min(GATHER_SECONDS, max(0.0, deadline - time.monotonic()))))
+                except queue.Empty:
+                    break
+            rows = [row for row in rows if not row.cancelled]
+            if rows:
+                self.decode(rows)
+
+    def decode(self, rows):
+        length = max(len(row.prompt_ids) for row in rows) + max(row.max_tokens for row in rows) - 1
+        logits, kv_cache, pad = gpt2.prefill_rows([row.prompt_ids for row in rows], self.params, self.n_head, length)
+        while True:
+            token_ids = np.array([gpt2.next_token(logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(rows)])
+            running = np.array([not row.add(int(t), logits[i]) and not row.cancelled for i, (row, t) in enumerate(zip(rows, token_ids))])
+            if not running.any():
+                return
+            if not running.all():  # a row that is done, or whose client left, costs no more compute
+                rows = [row for row, keep in zip(rows, running) if keep]
+                token_ids, pad, kv_cache = token_ids[running], pad[running], (kv_cache[0][:, running], kv_cache[1])
+            logits, kv_cache = gpt2.gpt2_cached(token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=kv_cache, pad=pad)
+
+
+# The answers.
+
+
+def token_text(encoder, token_id):
+    """A token's text as OpenAI writes it in logprobs: its UTF-8 text, or "bytes:\\xe2\\x80" for a
+    piece of a character."""
+    data = encoder.decode_bytes([token_id])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{byte:02x}" for byte in data)
+
+
+def logprob_entry(encoder, token_id, logits, n_top):
+    """(token text, its log-probability, {text: log-probability} of the n_top most likely tokens) for a
+    token chosen from `logits` (None: an echoed prompt's first token, which nothing predicts). The
+    values are the model's own log-softmax, before temperature and filtering."""
+    if logits is None:
+        return token_text(encoder, token_id), None, None
+    logprobs = gpt2.log_softmax(logits[None])[0]  # [n_vocab]
+    top = np.argpartition(-logprobs, n_top)[:n_top] if n_top else []
+    top = sorted(top, key=lambda i: -logprobs[i])
+    return token_text(encoder, token_id), float(logprobs[token_id]), {token_text(encoder, int(i)): float(logprobs[i]) for i in top}
+
+
+def logprobs_object(entries, offsets):
+    """OpenAI's logprobs object of some tokens: their logprob entries and where each starts in the text."""
+    tokens, token_logprobs, top_logprobs = zip(*entries) if entries else ((), (), ())
+    return {"tokens": list(tokens), "token_logprobs": list(token_logprobs), "top_logprobs": list(top_logprobs), "text_offset": list(offsets)}
+
+
+class Completion:
+    """A completion request: its rows (each prompt n times) and the response they make."""
+
+    def __init__(self, options, model_name, encoder, params, n_head):
+        self.options, self.encoder, self.params, self.n_head = options, encoder, params, n_head
+        self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": model_name}
+        self.prompt_texts, self.prompt_ids = options["prompt"], [encoder.encode(p) for p in options["prompt"]]
+        n_ctx = len(params["wpe"])
+        for ids in self.prompt_ids:
+            if len(ids) + options["max_tokens"] > n_ctx:
+                raise BadRequest(
+                    f"This model's maximum context length is {n_ctx} tokens, however you requested "
+                    f"{len(ids) + options['max_tokens']} tokens ({len(ids)} in your prompt; {options['max_tokens']} "
+                    "for the completion). Please reduce your prompt; or completion length.",
+                    "prompt",
+                    "context_length_exceeded",
+                )
+        self.rows, self.events = [], queue.Queue()
+        n, seed = options["n"], options["seed"]
+        for ids in self.prompt_ids:
+            for j in range(n):
+                # the command line's random streams: one sample draws from the seed itself, several
+                # samples each from the seed and its number (gpt2.generate_batch_stream's rows)
+                stream = seed if n == 1 else np.random.SeedSequence(np.random.SeedSequence(seed).entropy, spawn_key=(j,))
+                rng = np.random.default_rng(stream)
+                self.rows.append(Row(len(self.rows), ids or [END_OF_TEXT], options, rng, encoder, self.events))
+
+    def echoed(self, i):
+        """(text, logprob entries, text offsets) of prompt i when echo is on."""
+        ids, text = self.prompt_ids[i], self.prompt_texts[i]
+        if not self.options["echo"]:
+            return "", [], []
+        entries = []
+        if self.options["logprobs"] is not None and ids:
+            logits = [None, *gpt2.gpt2(ids, **self.params, n_head=self.n_head)[:-1]]  # what predicted each token
+            entries = [logprob_entry(self.encoder, i, row, self.options["logprobs"]) for i, row in zip(ids, logits)]
+        return text, entries, [len(self.encoder.decode(ids[:k])) for k in range(len(ids))]
+
+    def choice(self, index, text="", finish_reason=None, logprobs=None):
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def whole(self):
+        """The response object once every row is done."""
+        choices = []
+        for index, row in enumerate(self.rows):
+            echo_text, echo_entries, echo_offsets = self.echoed(index // self.options["n"])
+            logprobs = None
+            if self.options["logprobs"] is not None:
+                kept = [k for k, offset in enumerate(row.offsets) if offset < len(row.text)]  # not past a stop string
+                entries = echo_entries + [row.entries[k] for k in kept]
+                logprobs = logprobs_object(entries, echo_offsets + [len(echo_text) + row.offsets[k] for k in kept])
+            choices.append(self.choice(index, echo_text + row.text, row.finish_reason, logprobs))
+        return {**self.head, "choices": choices, "usage": self.usage()}
+
+    def usage(self):
+        prompt_tokens = sum(len(ids) for ids in self.prompt_ids) * self.options["n"]
+        completion_tokens = sum(len(row.ids) for row in self.rows)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+    def events_until_done(self, connection):
+        """The rows' events as they come, until every row has ended; ConnectionResetError as soon as
+        the client has closed its connection."""
+        running = len(self.rows)
+        while running:
+            try:
+                event = self.events.get(timeout=0.05)
+            except queue.Empty:
+                readable, _, _ = select.select([connection], [], [], 0)
+                if readable and not connection.recv(1, socket.MSG_PEEK):
+                    raise ConnectionResetError from None
+                continue
+            running -= event[1] == "end"
+            yield event
+
+    def chunks(self, connection):
+        """The streamed response: a chunk for each row's echoed prompt, then one for each new token (the
+        text it settled, and its logprobs) and for each row's end, as they come."""
+        for index in range(len(self.rows)):
+            echo_text, echo_entries, echo_offsets = self.echoed(index // self.options["n"])
+            if echo_text:
+                logprobs = logprobs_object(echo_entries, echo_offsets) if self.options["logprobs"] is not None else None
+                yield {**self.head, "choices": [self.choice(index, echo_text, None, logprobs)]}
+        sent = [0] * len(self.rows)
+        for index, kind, value, settled in self.events_until_done(connection):
+            row = self.rows[index]
+            piece, sent[index] = row.text[sent[index] : settled], settled
+            if kind == "end":
+                yield {**self.head, "choices": [self.choice(index, piece, value)]}
+                continue
+            logprobs = None
+            if self.options["logprobs"] is not None:
+                logprobs = logprobs_object([row.entries[value]], [row.offsets[value]])
+            yield {**self.head, "choices": [self.choice(index, piece, None, logprobs)]}
+
+    def cancel(self):
+        for row in self.rows:
+            row.cancelled = True
+
+
+def tokens_of(prompt, encoder):
+    return [{"id": i, "text": encoder.decode([i])} for i in encoder.encode(prompt)]
+
+
+def attention_view(body, encoder, params, n_head):
+    """The attention weights of one head of one layer for a prompt: its tokens and a [n][n] matrix
+    (row: a query, the position that looks; column: a key, the position looked at)."""
+    unknown = sorted(set(body) - {"prompt", "layer", "head"})
+    if unknown:
+        raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    prompt = text("prompt", body.get("prompt"))
+    layer = whole(0, len(params["blocks"]) - 1)("layer", body.get("layer", 0))
+    head = whole(0, n_head - 1)("head", body.get("head", 0))
+    tokens = tokens_of(prompt, encoder)
+    ids = [token["id"] for token in tokens]
+    if not 1 <= len(ids) <= ATTENTION_MAX_TOKENS:
+        raise BadRequest(f"the attention view takes a prompt of 1 to {ATTENTION_MAX_TOKENS} tokens, not {len(ids)}", "prompt")
+    # The forward pass with gpt2.py's functions up to the chosen block, and that block's attention
+    # weights as mha computes them.
+    n_seq = len(ids)
+    mask = gpt2.causal_mask(n_seq, n_seq)
+    x = params["wte"][ids] + params["wpe"][:n_seq]
+    for block in params["blocks"][:layer]:
+        x = gpt2.transformer_block(x, **block, n_head=n_head, mask=mask)
+    block = params["blocks"][layer]
+    qkv = gpt2.split_heads(gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **block["attn"]["c_attn"]), 3 * n_head)
+    weights = gpt2.attention_weights(qkv[head], qkv[n_head + head], mask)  # [n_seq, n_seq]
+    return {"tokens": tokens, "layer": layer, "head": head, "weights": np.round(weights.astype(float), 4).tolist()}
+
+
+# The HTTP server.
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "gpt2.py"
+
+    def log_message(self, format, *args):  # quiet: errors are answered to the client
+        pass
+
+    def do_GET(self):
+        app = self.server.app
+        if self.path in ("/", "/index.html"):
+            return self.send(200, app.page, "text/html; charset=utf-8")
+        if self.path == "/v1/models":
+            model = {"id": app.model_name, "object": "model", "created": 0, "owned_by": "gpt2.py"}
+            sizes = {"n_layer": len(app.params["blocks"]), "n_head": app.n_head, "n_ctx": len(app.params["wpe"])}
+            model.update(sizes, attention_max_tokens=ATTENTION_MAX_TOKENS)  # for the page
+            return self.send_json(200, {"object": "list", "data": [model]})
+        self.send_error_json(404, f"no such page: {self.path}", code="not_found")
+
+    def do_POST(self):
+        try:
+            body = self.read_json()
+            if self.path == "/v1/completions":
+                return self.complete(body)
+            app = self.server.app
+            if self.path == "/v1/tokenize":
+                return self.send_json(200, {"tokens": tokens_of(text("prompt", body.get("prompt")), app.encoder)})
+            if self.path == "/v1/attention":
+                return self.send_json(200, attention_view(body, app.encoder, app.params, app.n_head))
+            self.send_error_json(404, f"no such endpoint: POST {self.path}", code="not_found")
+        except BadRequest as e:
+            self.send_error_json(400, str(e), e.param, e.code)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as e:  # a bug must cost one request, not the server
+            print(f"error while answering {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
+            self.send_error_json(500, "the server failed to answer this request", error_type="server_error")
+
+    def read_json(self):
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise BadRequest("the request needs a Content-Length") from None
+        if length > MAX_BODY_BYTES:
+            raise BadRequest(f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        try:
+            body = json.loads(self.rfile.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadRequest(f"the body is not JSON: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def complete(self, body):
+        app = self.server.app
+        options = read_completion_request(body, app.model_name)
+        completion = Completion(options, app.model_name, app.encoder, app.params, app.n_head)
+        for row in completion.rows:
+            app.decoder.waiting.put(row)
+        try:
+            if options["stream"]:
+                self.stream(completion)
+            else:
+                for _ in completion.events_until_done(self.connection):
+                    pass
+                self.send_json(200, completion.whole())
+        finally:
+            completion.cancel()  # a client that has gone costs no more compute
+
+    def stream(self, completion):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for chunk in completion.chunks(self.connection):
+            self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
+        self.write_chunk("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def write_chunk(self, data):
+        data = data.encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def send(self, status, data, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self.wfile.write(data)
+
+    def send_json(self, status, obj):
+        self.send(status, json.dumps(obj).encode(), "application/json")
+
+    def send_error_json(self, status, message, param=None, code=None, error_type="invalid_request_error"):
+        self.send_json(status, {"error": {"message": message, "type": error_type, "param": param, "code": code}})
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = False  # so that closing the server waits for the requests in flight
+    block_on_close = True
+
+
+class App:
+    """What every request reads: the model, its name, the page and the decoder."""
+
+    def __init__(self, model_name, encoder, params, n_head, batch_size):
+        self.model_name, self.encoder, self.params, self.n_head = model_name, encoder, params, n_head
+        with open(PAGE, "rb") as f:
+            self.page = f.read()
+        self.decoder = Decoder(params, n_head, batch_size)
+        self.decoder.start()
+
+
+def bind(host, port):
+    """The listening server (before the model is loaded: a port in use fails at once)."""
+    try:
+        return Server((host, port), Handler, bind_and_activate=True)
+    except OSError as e:
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def serve(server, app):
+    """Answer requests until Ctrl-C or SIGTERM (raised here by the caller's handlers); the requests in
+    flight are finished before this returns."""
+    server.app = app
+    host, port = server.server_address[:2]
+    print(
+        f"serving {app.model_name} on http://{host}:{port}/ (the page at /, OpenAI's API at /v1); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        server.server_close()  # waits for the requests in flight

@@ -1,0 +1,326 @@
+"""`python gpt2.py --serve` against the official `openai` client: the same texts as the command line,
+streams that add up to the whole, the model's log-probabilities and attention weights against
+HuggingFace's, OpenAI's errors for bad requests, and many clients at once."""
+
+import json
+import shutil
+import signal
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from helpers import PROMPT, PROMPT_IDS, cli, read_until, start_gpt2
+
+openai = pytest.importorskip("openai")
+
+MODEL = "124M"
+
+
+@pytest.fixture(scope="module")
+def server(small_models_dir):
+    """The small model served on a free port: (base URL, the process)."""
+    process = start_gpt2("--serve", "--port", "0", "--models_dir", str(small_models_dir))
+    shown = read_until(process.stderr, "Ctrl-C stops")
+    assert "serving 124M on http://127.0.0.1:" in shown, shown
+    url = shown.split("on ", 1)[1].split("/ ", 1)[0]
+    yield url, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    process.stdout.close()
+    process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def post(url, data, headers=None):
+    """(status, JSON answer) of a raw POST."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def command_line_text(capsys, models_dir, *flags):
+    result = cli(capsys, PROMPT, "--models_dir", str(models_dir), *flags)
+    assert result.returncode == 0, result.stderr
+    return result.stdout[:-1]  # the text, then a newline
+
+
+def test_models_lists_the_loaded_model(client):
+    assert [model.id for model in client.models.list().data] == [MODEL]
+
+
+def test_greedy_completion_equals_the_command_line(client, capsys, small_models_dir):
+    completion = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0)
+    assert completion.object == "text_completion" and completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].text == command_line_text(capsys, small_models_dir, "-n", "12")
+    assert completion.usage.prompt_tokens == 10 and completion.usage.completion_tokens == 12
+
+
+def test_sampled_completions_equal_the_command_lines_with_the_same_seed(client, capsys, small_models_dir):
+    options = {"temperature": 0.9, "top_p": 0.95, "seed": 7}
+    one = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **options, extra_body={"top_k": 40})
+    flags = ("-n", "10", "--temperature", "0.9", "--top_p", "0.95", "--seed", "7", "--top_k", "40")
+    assert one.choices[0].text == command_line_text(capsys, small_models_dir, *flags)
+    three = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, n=3, **options, extra_body={"top_k": 40})
+    printed = command_line_text(capsys, small_models_dir, *flags, "--n_samples", "3")
+    samples = [block.split("\n", 1)[1] for block in printed.split("======== SAMPLE ")[1:]]
+    assert [choice.text for choice in sorted(three.choices, key=lambda c: c.index)] == [s.rstrip("\n") for s in samples]
+    assert len(set(samples)) == 3
+    again = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, n=3, **options, extra_body={"top_k": 40})
+    assert [c.text for c in again.choices] == [c.text for c in three.choices]
+
+
+@pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": 1.0, "seed": 3, "n": 2}, {"temperature": 0, "echo": True, "logprobs": 2}])
+def test_streamed_chunks_join_to_the_whole_text(client, options):
+    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=15, **options)
+    pieces, tokens = {}, {}
+    for chunk in client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=15, stream=True, **options):
+        for choice in chunk.choices:
+            pieces[choice.index] = pieces.get(choice.index, "") + choice.text
+            tokens[choice.index] = tokens.get(choice.index, []) + (choice.logprobs.tokens if choice.logprobs else [])
+    assert pieces == {choice.index: choice.text for choice in whole.choices}
+    if "logprobs" in options:  # each token's logprobs came with it
+        assert tokens == {choice.index: choice.logprobs.tokens for choice in whole.choices}
+
+
+def test_logprobs_are_the_models_log_softmax_as_huggingface_computes_it(client, hf_small, encoder):
+    from hf_reference import hf_greedy, hf_logits
+
+    prompt_ids = encoder.encode(PROMPT)
+    completion = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=5, echo=True)
+    choice = completion.choices[0]
+    new_ids = hf_greedy(hf_small, prompt_ids, 8)
+    assert choice.text == PROMPT + encoder.decode(new_ids)
+    ids = prompt_ids + new_ids
+    logits = hf_logits(hf_small, ids).astype(np.float64)
+    log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    logprobs = choice.logprobs
+    assert logprobs.tokens == [encoder.decode([i]) for i in ids]
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None  # nothing predicts the first token
+    expected = [log_softmax[i - 1, ids[i]] for i in range(1, len(ids))]
+    np.testing.assert_allclose(logprobs.token_logprobs[1:], expected, atol=1e-4)
+    for i in range(1, len(ids)):
+        top = np.argsort(log_softmax[i - 1])[::-1][:5]
+        assert list(logprobs.top_logprobs[i]) == [encoder.decode([int(t)]) for t in top]
+        np.testing.assert_allclose(list(logprobs.top_logprobs[i].values()), log_softmax[i - 1, top], atol=1e-4)
+    offsets = [len(encoder.decode(ids[:i])) for i in range(len(ids))]
+    assert logprobs.text_offset == offsets
+
+
+def test_stop_strings_end_the_text_before_them(client):
+    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0).choices[0].text
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    assert len(stop) == 3
+    cut = whole[: whole.index(stop)]
+    stopped = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop, "never seen"])
+    assert (stopped.choices[0].text, stopped.choices[0].finish_reason) == (cut, "stop")
+    streamed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=stop, stream=True)
+    chunks = list(streamed)
+    assert "".join(c.choices[0].text for c in chunks) == cut and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_several_prompts_in_one_request_and_many_clients_at_once(client):
+    prompts = ["Hello, my name is", "The meaning of life is", PROMPT, "Once upon a time", "1, 2, 3,", "def f(x):"]
+    requests = [{"prompt": p, "max_tokens": 6 + i, "temperature": 0.8 * (i % 2), "seed": i} for i, p in enumerate(prompts)]
+    alone = [client.completions.create(model=MODEL, **r).choices[0].text for r in requests]
+    together = client.completions.create(model=MODEL, prompt=prompts[:3], max_tokens=6, temperature=0)
+    assert [c.text for c in together.choices] == [
+        client.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0).choices[0].text for p in prompts[:3]
+    ]
+    results = [None] * len(requests)
+
+    def ask(i):
+        results[i] = client.completions.create(model=MODEL, **requests[i]).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == alone
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_tokens": 0}, "max_tokens must be a whole number from 1 to 1024, not 0"),
+        ({"temperature": 3}, "temperature must be a number at least 0 and at most 2, not 3"),
+        ({"top_p": 0}, "top_p must be a number above 0 and at most 1, not 0"),
+        ({"n": 17}, "n must be a whole number from 1 to 16, not 17"),
+        ({"logprobs": 6}, "logprobs must be a whole number from 0 to 5, not 6"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be a non-empty string or a list of at most 4 of them"),
+        ({"max_tokens": 60}, "maximum context length is 64 tokens, however you requested 70 tokens"),
+        ({"model": "gpt-4"}, "the model `gpt-4` is not served here: this server has `124M`"),
+        ({"prompt": [1, 2]}, "prompt must be a string or a non-empty list of strings"),
+        ({"extra_body": {"frequency_penalty": 0.5}}, "Unrecognized request argument supplied: frequency_penalty"),
+        ({"extra_body": {"top_k": -1}}, "top_k must be a whole number from 0 to 50257, not -1"),
+        ({"seed": "1"}, 'seed must be a whole number from 0 to 9223372036854775807, not "1"'),
+    ],
+)
+def test_bad_requests_get_openais_error(client, options, message):
+    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 4, **options}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(**request)
+    assert message in caught.value.message
+    assert caught.value.status_code == 400 and caught.value.body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"{not json", "the body is not JSON"),
+        (b'["a list"]', "the body must be a JSON object"),
+        (b'{"model": "124M", "prompt": "' + b"a" * 1_000_001 + b'"}', "the request body is over 1000000 bytes"),
+        (b"\xff\xfe", "the body is not JSON"),
+    ],
+)
+def test_malformed_bodies_get_openais_error(server, data, message):
+    status, answer = post(f"{server[0]}/v1/completions", data)
+    assert status == 400 and message in answer["error"]["message"] and set(answer["error"]) == {"message", "type", "param", "code"}
+
+
+def test_no_path_reads_files(server):
+    for path in ("/../../etc/passwd", "/page.html", "/serve.py", "/v1/../gpt2.py"):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{server[0]}{path}", timeout=10)
+        assert caught.value.code == 404
+
+
+def test_a_client_that_leaves_mid_stream_does_not_stop_the_server(server, client):
+    host, port = server[0].removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 50, "stream": True}).encode()
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        connection.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        shown = b""
+        while b"data: " not in shown:
+            shown += connection.recv(4096)
+    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0).choices[0].text
+
+
+def test_the_page_is_self_contained(server):
+    with urllib.request.urlopen(f"{server[0]}/", timeout=10) as response:
+        page = response.read().decode()
+    assert response.headers["Content-Type"].startswith("text/html") and "<script>" in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page  # nothing fetched from elsewhere
+
+
+def test_attention_weights_are_huggingfaces(server, hf_small, encoder):
+    import torch
+
+    ids = encoder.encode(PROMPT)
+    implementation, hf_small.config._attn_implementation = hf_small.config._attn_implementation, "eager"
+    try:  # eager: the implementation that returns its weights
+        with torch.no_grad():
+            attentions = hf_small(torch.tensor([ids]), output_attentions=True).attentions
+    finally:
+        hf_small.config._attn_implementation = implementation
+    for layer, head in [(0, 0), (1, 3)]:
+        status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": layer, "head": head}).encode())
+        assert status == 200 and [t["id"] for t in answer["tokens"]] == ids
+        np.testing.assert_allclose(answer["weights"], attentions[layer][0, head].numpy(), atol=1e-4)
+    status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": 2}).encode())
+    assert status == 400 and "layer must be a whole number from 0 to 1, not 2" in answer["error"]["message"]
+    status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": "a" + " a" * 64}).encode())
+    assert status == 400 and "the attention view takes a prompt of 1 to 64 tokens, not 65" in answer["error"]["message"]
+
+
+def test_tokenize_gives_openais_ids(server, tiktoken_gpt2):
+    status, answer = post(f"{server[0]}/v1/tokenize", json.dumps({"prompt": PROMPT + " 🤗"}).encode())
+    assert status == 200 and [t["id"] for t in answer["tokens"]] == tiktoken_gpt2.encode(PROMPT + " 🤗")
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_143(small_models_dir):
+    process = start_gpt2("--serve", "--port", "0", "--models_dir", str(small_models_dir))
+    try:
+        shown = read_until(process.stderr, "Ctrl-C stops")
+        url = shown.split("on ", 1)[1].split("/ ", 1)[0]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0, stream=True)
+        first = next(iter(stream))
+        process.send_signal(signal.SIGTERM)
+        rest = list(stream)
+        assert first.choices[0].text + "".join(c.choices[0].text for c in rest)
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert process.wait(timeout=60) == 143
+        assert "terminated (SIGTERM)" in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--serve", PROMPT], "--serve takes its prompts from requests: not with a prompt"),
+        (["--serve", "--port", "70000"], "port must be a whole number from 0 to 65535"),
+        (["--serve", "--temperature", "0.5"], "--temperature is not for --serve: each request gives its own options"),
+        ([PROMPT, "--port", "9000"], "--host and --port go with --serve"),
+    ],
+)
+def test_serve_usage_mistakes_exit_2(capsys, args, message):
+    result = cli(capsys, *args)
+    assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+
+
+def test_a_port_in_use_fails_at_once(capsys, small_models_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(capsys, "--serve", "--port", str(port), "--models_dir", str(small_models_dir))
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def test_the_page_in_chromium(server, client, tmp_path):
+    """A real browser types a prompt, generates, and reads back the tokens, their probabilities and the
+    attention heat map; the screenshot is left in the test's folder."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    greedy = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=1)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1400})
+            page.goto(f"{server[0]}/")
+            page.wait_for_selector("body[data-ready=true]")
+            page.fill("#prompt", PROMPT)
+            page.fill("#max_tokens", "8")
+            page.fill("#temperature", "0")
+            page.click("#generate")
+            page.wait_for_selector("#generated[data-done=true]", timeout=60_000)
+            page.wait_for_selector("#heatmap .cell")
+            prompt_ids = page.eval_on_selector_all("#prompt_tokens .token", "spans => spans.map(s => Number(s.dataset.id))")
+            assert prompt_ids == PROMPT_IDS
+            texts = page.eval_on_selector_all("#generated .token", "spans => spans.map(s => s.textContent)")
+            probs = page.eval_on_selector_all("#generated .token", "spans => spans.map(s => Number(s.dataset.prob))")
+            assert "".join(texts) == greedy.choices[0].text
+            np.testing.assert_allclose(probs, np.exp(greedy.choices[0].logprobs.token_logprobs), atol=1e-4)
+            for layer, head in [("0", "0"), ("1", "3")]:
+                page.select_option("#layer", layer)
+                page.select_option("#head", head)
+                page.wait_for_selector(f"#heatmap[data-layer='{layer}'][data-head='{head}']")
+                weights = page.eval_on_selector_all("#heatmap .cell", "cells => cells.map(c => Number(c.dataset.weight))")
+                _, expected = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": int(layer), "head": int(head)}).encode())
+                assert weights == [w for row in expected["weights"] for w in row]
+            page.hover("#generated .token >> nth=0")
+            assert "the model's top choices" in page.inner_text("#tip")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
