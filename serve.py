@@ -41,6 +41,10 @@ GATHER_SECONDS, GATHER_MAX_SECONDS = 0.02, 0.2
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 
 
+class DecoderFailed(RuntimeError):
+    """The decoder failed on a batch (a bug, or no memory left): its requests get status 500."""
+
+
 class BadRequest(ValueError):
     """What the client sent is wrong: answered with status 400 and OpenAI's error object."""
 
@@ -208,10 +212,17 @@ class Decoder(threading.Thread):
                 except queue.Empty:
                     break
             rows = [row for row in rows if not row.cancelled]
-            if rows:
+            try:
                 self.decode(rows)
+            except Exception as e:  # costs this batch's requests, not the server
+                print(f"error while decoding: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                for row in rows:
+                    if row.finish_reason is None:
+                        row.events.put((row.index, "failed", f"{type(e).__name__}: {e}", 0))
 
     def decode(self, rows):
+        if not rows:
+            return
         length = max(len(row.prompt_ids) for row in rows) + max(row.max_tokens for row in rows) - 1
         logits, kv_cache, pad = gpt2.prefill_rows([row.prompt_ids for row in rows], self.params, self.n_head, length)
         while True:
@@ -327,6 +338,8 @@ class Completion:
                 if readable and not connection.recv(1, socket.MSG_PEEK):
                     raise ConnectionResetError from None
                 continue
+            if event[1] == "failed":
+                raise DecoderFailed(f"the model failed on this request: {event[2]}")
             running -= event[1] == "end"
             yield event
 
@@ -391,6 +404,7 @@ def attention_view(body, encoder, params, n_head):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gpt2.py"
+    timeout = 60  # seconds a client may take to send its request: a stalled one must not hold a thread for ever
 
     def log_message(self, format, *args):  # quiet: errors are answered to the client
         pass
@@ -421,6 +435,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error_json(400, str(e), e.param, e.code)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except DecoderFailed as e:
+            self.send_error_json(500, str(e), error_type="server_error")
         except Exception as e:  # a bug must cost one request, not the server
             print(f"error while answering {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
             self.send_error_json(500, "the server failed to answer this request", error_type="server_error")
@@ -430,6 +446,8 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise BadRequest("the request needs a Content-Length") from None
+        if length < 0:
+            raise BadRequest("the request's Content-Length is negative")
         if length > MAX_BODY_BYTES:
             raise BadRequest(f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
         try:
@@ -464,8 +482,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for chunk in completion.chunks(self.connection):
-            self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
+        try:
+            for chunk in completion.chunks(self.connection):
+                self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
+        except DecoderFailed as e:  # the status is sent already: the error goes in the stream, as OpenAI's does
+            self.write_chunk(f"data: {json.dumps(error_object(str(e), error_type='server_error'))}\n\n")
         self.write_chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -487,7 +508,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(obj).encode(), "application/json")
 
     def send_error_json(self, status, message, param=None, code=None, error_type="invalid_request_error"):
-        self.send_json(status, {"error": {"message": message, "type": error_type, "param": param, "code": code}})
+        self.send_json(status, error_object(message, param, code, error_type))
+
+
+def error_object(message, param=None, code=None, error_type="invalid_request_error"):
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 class Server(ThreadingHTTPServer):

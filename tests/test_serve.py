@@ -7,13 +7,14 @@ import shutil
 import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
-from helpers import PROMPT, PROMPT_IDS, cli, read_until, start_gpt2
+from helpers import PROMPT, PROMPT_IDS, SMALL_HPARAMS, cli, read_until, start_gpt2
 
 openai = pytest.importorskip("openai")
 
@@ -119,10 +120,12 @@ def test_logprobs_are_the_models_log_softmax_as_huggingface_computes_it(client, 
 
 
 def test_stop_strings_end_the_text_before_them(client):
-    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0).choices[0].text
-    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
-    assert len(stop) == 3
-    cut = whole[: whole.index(stop)]
+    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, logprobs=0).choices[0]
+    tokens = whole.logprobs.tokens
+    # a stop string over two tokens: its start comes in one token, its end in the next
+    k = next(k for k in range(5, len(tokens) - 1) if len(tokens[k]) >= 2 and tokens[k + 1])
+    stop = tokens[k][-2:] + tokens[k + 1][:1]
+    cut = whole.text[: whole.text.index(stop)]
     stopped = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop, "never seen"])
     assert (stopped.choices[0].text, stopped.choices[0].finish_reason) == (cut, "stop")
     streamed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=stop, stream=True)
@@ -246,7 +249,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_143(small_models_dir)
     try:
         shown = read_until(process.stderr, "Ctrl-C stops")
         url = shown.split("on ", 1)[1].split("/ ", 1)[0]
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
         stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0, stream=True)
         first = next(iter(stream))
         process.send_signal(signal.SIGTERM)
@@ -324,3 +327,66 @@ def test_the_page_in_chromium(server, client, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def in_process(small_params, encoder, monkeypatch):
+    """The server in this process, on the small model (so that a test can slow the model down or break
+    it): (base URL, the rows the decoder was given)."""
+    import serve
+
+    server = serve.bind("127.0.0.1", 0)
+    app = serve.App(MODEL, encoder, small_params, SMALL_HPARAMS["n_head"], batch_size=16)
+    rows, put = [], app.decoder.waiting.put
+    monkeypatch.setattr(app.decoder.waiting, "put", lambda row: (rows.append(row), put(row)))
+    thread = threading.Thread(target=serve.serve, args=(server, app))
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", rows
+    server.shutdown()
+    thread.join()
+
+
+def test_a_client_that_leaves_costs_no_more_compute(in_process, monkeypatch):
+    import gpt2
+
+    url, rows = in_process
+    step = gpt2.gpt2_cached
+    monkeypatch.setattr(gpt2, "gpt2_cached", lambda *args, **kwargs: (time.sleep(0.02), step(*args, **kwargs))[1])
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 50, "stream": True, "n": 2}).encode()
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Type: application/json\r\n")
+        connection.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        shown = b""
+        while b"data: " not in shown:
+            shown += connection.recv(4096)
+    deadline = time.monotonic() + 10
+    while not all(row.cancelled for row in rows) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # what the decoder made after the client left: at most the step it was on
+    made = [len(row.ids) for row in rows]
+    assert len(rows) == 2 and all(row.cancelled for row in rows) and max(made) < 20, made
+    time.sleep(0.2)
+    assert [len(row.ids) for row in rows] == made  # and nothing since
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3).choices[0].finish_reason == "length"
+
+
+def test_a_failure_of_the_model_costs_its_requests_not_the_server(in_process, monkeypatch):
+    import gpt2
+
+    url, _ = in_process
+    prefill, failures = gpt2.prefill_rows, []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise MemoryError("no memory left")
+        return prefill(*args, **kwargs)
+
+    monkeypatch.setattr(gpt2, "prefill_rows", failing_once)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3)
+    assert "the model failed on this request: MemoryError: no memory left" in caught.value.message
+    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3).choices[0].finish_reason == "length"
