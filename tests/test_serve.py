@@ -200,18 +200,6 @@ def test_no_path_reads_files(server):
         assert caught.value.code == 404
 
 
-def test_a_client_that_leaves_mid_stream_does_not_stop_the_server(server, client):
-    host, port = server[0].removeprefix("http://").split(":")
-    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 50, "stream": True}).encode()
-    with socket.create_connection((host, int(port))) as connection:
-        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
-        connection.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        shown = b""
-        while b"data: " not in shown:
-            shown += connection.recv(4096)
-    assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0).choices[0].text
-
-
 def test_the_page_is_self_contained(server):
     with urllib.request.urlopen(f"{server[0]}/", timeout=10) as response:
         page = response.read().decode()
