@@ -328,10 +328,11 @@ def generate_batch_stream(
         yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text)
 
 
-def prefill_rows(prompts, params, n_head, length):
+def prefill_rows(prompts, params, n_head, length, n_prompt=None):
     """A batch's start: each prompt read on its own into its row of one cache of `length` positions, the
-    rows lined up at the right. Returns (the next token's logits [n_rows, n_vocab], kv_cache, pad)."""
-    n_prompt = max(len(inputs) for inputs in prompts)
+    rows lined up at the right, ending at position n_prompt (by default the longest prompt's length).
+    Returns (the next token's logits [n_rows, n_vocab], kv_cache, pad)."""
+    n_prompt = n_prompt or max(len(inputs) for inputs in prompts)
     pad = np.array([n_prompt - len(inputs) for inputs in prompts])  # empty positions before each row's prompt
     buffers, _ = new_kv_cache(params, n_head, length, batch=(len(prompts),))
     first_logits, index_of_prompt = [], {}

@@ -8,9 +8,9 @@
   attention weights of a layer's head.
 
 Only the standard library's HTTP server: one thread per connection reads and answers requests, and
-one thread, the decoder, runs the model. Requests that arrive while it is busy wait, and then decode
-together as the rows of one batch (gpt2.py's batched KV cache), each row with its own options; a row
-whose client has gone away leaves the batch at the next step.
+one thread, the decoder, runs the model. Requests decode together as the rows of one batch (gpt2.py's
+batched KV cache), each row with its own options: a request that comes while a batch runs joins it
+between two steps, and a row whose client has gone away leaves it at the next step.
 """
 
 import codecs
@@ -195,45 +195,87 @@ class Row:
 
 
 class Decoder(threading.Thread):
-    """The one thread that runs the model: takes the rows that are waiting (up to batch_size) and
-    decodes them together until each is done, then the next ones."""
+    """The one thread that runs the model. It decodes the rows of a batch together, one step for all of
+    them at a time, and rows that come while it runs join the batch between two steps (up to
+    batch_size rows): the prompts of the newcomers are read into new rows of the cache, lined up at the
+    right with the others. A row that is done, or whose client has gone, leaves at once."""
 
     def __init__(self, params, n_head, batch_size):
         super().__init__(daemon=True, name="decoder")
         self.params, self.n_head, self.batch_size = params, n_head, batch_size
-        self.waiting = queue.Queue()
+        self.waiting, self.deferred = queue.Queue(), []  # deferred: rows that would have made the cache too long
+        self.max_length = 2 * len(params["wpe"])  # positions of the cache: its rows start at different times
 
     def run(self):
         while True:
-            rows, deadline = [self.waiting.get()], time.monotonic() + GATHER_MAX_SECONDS
-            while len(rows) < self.batch_size:
-                try:
-                    rows.append(self.waiting.get(timeout=min(GATHER_SECONDS, max(0.0, deadline - time.monotonic()))))
-                except queue.Empty:
-                    break
-            rows = [row for row in rows if not row.cancelled]
+            self.decode(self.gather())
+
+    def gather(self):
+        """The rows to start a batch with: at least one (waiting for it) and those sent at about the same time."""
+        rows, self.deferred = self.deferred, []
+        if not rows:
+            rows.append(self.waiting.get())
+        deadline = time.monotonic() + GATHER_MAX_SECONDS
+        while len(rows) < self.batch_size:
             try:
-                self.decode(rows)
-            except Exception as e:  # costs this batch's requests, not the server
-                print(f"error while decoding: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-                for row in rows:
-                    if row.finish_reason is None:
-                        row.events.put((row.index, "failed", f"{type(e).__name__}: {e}", 0))
+                rows.append(self.waiting.get(timeout=min(GATHER_SECONDS, max(0.0, deadline - time.monotonic()))))
+            except queue.Empty:
+                break
+        return rows
+
+    def newcomers(self, room):
+        rows, self.deferred = self.deferred[:room], self.deferred[room:]
+        while len(rows) < room and not self.waiting.empty():
+            rows.append(self.waiting.get())
+        self.taken += rows
+        return rows
 
     def decode(self, rows):
+        self.taken = list(rows)  # every row this batch has taken from the queue
+        try:
+            rows, logits, kv_cache, pad = self.join([], None, None, None, rows)
+            while rows:
+                token_ids = np.array([gpt2.next_token(logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(rows)])
+                running = np.array([not row.add(int(t), logits[i]) and not row.cancelled for i, (row, t) in enumerate(zip(rows, token_ids))])
+                if not running.all():  # a row that is done, or whose client left, costs no more compute
+                    rows = [row for row, keep in zip(rows, running) if keep]
+                    token_ids, pad, kv_cache = token_ids[running], pad[running], (kv_cache[0][:, running], kv_cache[1])
+                if rows:
+                    logits, kv_cache = gpt2.gpt2_cached(token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=kv_cache, pad=pad)
+                rows, logits, kv_cache, pad = self.join(rows, logits, kv_cache, pad, self.newcomers(self.batch_size - len(rows)))
+        except Exception as e:  # costs this batch's requests, not the server
+            print(f"error while decoding: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            for row in self.taken:
+                if row.finish_reason is None and not row.cancelled:
+                    row.cancelled = True  # and so out of the next batch, if it was deferred
+                    row.events.put((row.index, "failed", f"{type(e).__name__}: {e}", 0))
+
+    def join(self, rows, logits, kv_cache, pad, newcomers):
+        """The batch with the newcomers' prompts read into rows of their own. When a new prompt is longer
+        than what the rows hold so far, or the cache has too little room left, the cache is laid out
+        anew, the old rows moved to the right. Newcomers that would make it longer than max_length wait
+        for the next batch."""
+        newcomers = [row for row in newcomers if not row.cancelled]
+        if not newcomers:
+            return rows, logits, kv_cache, pad
+        n_past = kv_cache[1] if rows else 0
+        n_prompt = max(n_past, *(len(row.prompt_ids) for row in newcomers))
+        # room for every row's tokens still to come (the last one is never fed)
+        length = max(n_prompt + row.max_tokens - len(row.ids) - 1 for row in rows + newcomers)
+        if rows and length > self.max_length:
+            self.deferred += newcomers
+            return rows, logits, kv_cache, pad
+        new_logits, (new_buffers, _), new_pad = gpt2.prefill_rows(
+            [row.prompt_ids for row in newcomers], self.params, self.n_head, length, n_prompt
+        )
         if not rows:
-            return
-        length = max(len(row.prompt_ids) for row in rows) + max(row.max_tokens for row in rows) - 1
-        logits, kv_cache, pad = gpt2.prefill_rows([row.prompt_ids for row in rows], self.params, self.n_head, length)
-        while True:
-            token_ids = np.array([gpt2.next_token(logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(rows)])
-            running = np.array([not row.add(int(t), logits[i]) and not row.cancelled for i, (row, t) in enumerate(zip(rows, token_ids))])
-            if not running.any():
-                return
-            if not running.all():  # a row that is done, or whose client left, costs no more compute
-                rows = [row for row, keep in zip(rows, running) if keep]
-                token_ids, pad, kv_cache = token_ids[running], pad[running], (kv_cache[0][:, running], kv_cache[1])
-            logits, kv_cache = gpt2.gpt2_cached(token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=kv_cache, pad=pad)
+            return newcomers, new_logits, (new_buffers, n_prompt), new_pad
+        shift = n_prompt - n_past
+        buffers = np.zeros((new_buffers.shape[0], len(rows) + len(newcomers), *new_buffers.shape[2:]), np.float32)
+        buffers[:, : len(rows), :, shift:n_prompt] = kv_cache[0][:, :, :, :n_past]
+        buffers[:, len(rows) :] = new_buffers
+        rows = rows + newcomers
+        return rows, np.concatenate([logits, new_logits]), (buffers, n_prompt), np.concatenate([pad + shift, new_pad])
 
 
 # The answers.

@@ -378,3 +378,24 @@ def test_a_failure_of_the_model_costs_its_requests_not_the_server(in_process, mo
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3)
     assert "the model failed on this request: MemoryError: no memory left" in caught.value.message
     assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3).choices[0].finish_reason == "length"
+
+
+def test_a_request_joins_the_batch_that_is_running(in_process, monkeypatch):
+    """B, sent while A decodes, joins A's batch between two steps (its longer prompt moves A's rows to
+    the right in the cache) and ends long before A; both get the texts they get alone."""
+    import gpt2
+
+    url, rows = in_process
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+    a = {"prompt": "Hello", "max_tokens": 40, "temperature": 0}
+    b = {"prompt": PROMPT + " and then, much later,", "max_tokens": 5, "temperature": 0.9, "seed": 4}
+    alone = [client.completions.create(model=MODEL, **request).choices[0].text for request in (a, b)]
+    step = gpt2.gpt2_cached
+    monkeypatch.setattr(gpt2, "gpt2_cached", lambda *args, **kwargs: (time.sleep(0.03), step(*args, **kwargs))[1])
+    stream = client.completions.create(model=MODEL, stream=True, **a)
+    chunks = [next(iter(stream))]  # A is running
+    b_text = client.completions.create(model=MODEL, **b).choices[0].text
+    b_done = len(rows[-2].ids)  # how far A had come when B ended
+    chunks += list(stream)
+    assert b_text == alone[1] and "".join(c.choices[0].text for c in chunks) == alone[0]
+    assert b_done < 30, b_done
