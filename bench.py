@@ -461,7 +461,9 @@ def completion_stream(url, prompt, n_tokens):
     import urllib.request
 
     body = {"model": "124M", "prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "stream": True}
-    request = urllib.request.Request(f"{url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     start, first, tokens = time.perf_counter(), None, 0
     with urllib.request.urlopen(request, timeout=600) as response:
         for line in response:
@@ -516,7 +518,9 @@ def report_serving(rows, n_clients=8, n_tokens=64):
     def median(key, per=None):
         return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
 
-    print(f"serving, 124M shape, {n_clients} clients x {n_tokens} tokens, greedy, streamed; medians of {len(rows)} rounds:")
+    print(
+        f"serving, 124M shape, {n_clients} clients x {n_tokens} tokens, greedy, streamed; medians of {len(rows)} rounds:"
+    )
     print(
         f"  one client at a time: {median('alone'):.1f} tokens/s in all, first token after {median('first_alone') * 1000:.0f} ms"
     )

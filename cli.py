@@ -505,8 +505,19 @@ def check_serving(run, modes):
     if modes:
         raise UsageError(f"--serve takes its prompts from requests: not with {modes[0]}")
     defaults = {name: p.default for name, p in inspect.signature(main).parameters.items()}
-    for name in ("n_tokens_to_generate", "temperature", "top_k", "top_p", "seed", "stop_at_end_of_text",
-                 "show_probs", "score", "stride", "prepend_end_of_text", "n_samples"):
+    for name in (
+        "n_tokens_to_generate",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "stop_at_end_of_text",
+        "show_probs",
+        "score",
+        "stride",
+        "prepend_end_of_text",
+        "n_samples",
+    ):
         if getattr(run, name) != defaults[name]:
             raise UsageError(f"--{name} is not for --serve: each request gives its own options")
     if not isinstance(run.host, str) or not run.host:

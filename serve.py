@@ -30,6 +30,7 @@ import numpy as np
 import gpt2
 from gpt2 import END_OF_TEXT
 
+N_CTX = 1024  # every GPT-2's context: no request asks for more new tokens (its model's own is checked later)
 MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
 MAX_CHOICES = 16  # prompts x n of one request
 MAX_STOPS = 4  # stop strings, as OpenAI's API
@@ -67,8 +68,11 @@ def whole(low, high):
 
 def number(low, high, low_open=False):
     def check(name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or (
-            low_open and value == low
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high
+            or (low_open and value == low)
         ):
             bounds = f"above {low}" if low_open else f"at least {low}"
             raise BadRequest(f"{name} must be a number {bounds} and at most {high}, not {json.dumps(value)}", name)
@@ -113,7 +117,7 @@ def optional(check):
 COMPLETION_FIELDS = {
     "model": (text, None),
     "prompt": (prompts, None),
-    "max_tokens": (whole(1, gpt2_n_ctx := 1024), 16),
+    "max_tokens": (whole(1, N_CTX), 16),
     "temperature": (number(0, 2), 1.0),
     "top_p": (number(0, 1, low_open=True), 1.0),
     "top_k": (whole(0, END_OF_TEXT + 1), 0),
@@ -135,9 +139,16 @@ def read_completion_request(body, model_name):
     for required in ("model", "prompt"):
         if required not in body:
             raise BadRequest(f"you must provide a {required} parameter", required)
-    options = {name: check(name, body[name]) if name in body else default for name, (check, default) in COMPLETION_FIELDS.items()}
+    options = {
+        name: check(name, body[name]) if name in body else default
+        for name, (check, default) in COMPLETION_FIELDS.items()
+    }
     if options["model"] != model_name:
-        raise BadRequest(f"the model `{options['model']}` is not served here: this server has `{model_name}`", "model", "model_not_found")
+        raise BadRequest(
+            f"the model `{options['model']}` is not served here: this server has `{model_name}`",
+            "model",
+            "model_not_found",
+        )
     if len(options["prompt"]) * options["n"] > MAX_CHOICES:
         raise BadRequest(f"prompts x n is at most {MAX_CHOICES} in one request", "n")
     return options
@@ -235,14 +246,25 @@ class Decoder(threading.Thread):
         try:
             rows, logits, kv_cache, pad = self.join([], None, None, None, rows)
             while rows:
-                token_ids = np.array([gpt2.next_token(logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(rows)])
-                running = np.array([not row.add(int(t), logits[i]) and not row.cancelled for i, (row, t) in enumerate(zip(rows, token_ids))])
+                token_ids = np.array(
+                    [gpt2.next_token(logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(rows)]
+                )
+                running = np.array(
+                    [
+                        not row.add(int(t), logits[i]) and not row.cancelled
+                        for i, (row, t) in enumerate(zip(rows, token_ids))
+                    ]
+                )
                 if not running.all():  # a row that is done, or whose client left, costs no more compute
                     rows = [row for row, keep in zip(rows, running) if keep]
                     token_ids, pad, kv_cache = token_ids[running], pad[running], (kv_cache[0][:, running], kv_cache[1])
                 if rows:
-                    logits, kv_cache = gpt2.gpt2_cached(token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=kv_cache, pad=pad)
-                rows, logits, kv_cache, pad = self.join(rows, logits, kv_cache, pad, self.newcomers(self.batch_size - len(rows)))
+                    logits, kv_cache = gpt2.gpt2_cached(
+                        token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=kv_cache, pad=pad
+                    )
+                rows, logits, kv_cache, pad = self.join(
+                    rows, logits, kv_cache, pad, self.newcomers(self.batch_size - len(rows))
+                )
         except Exception as e:  # costs this batch's requests, not the server
             print(f"error while decoding: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             for row in self.taken:
@@ -300,13 +322,22 @@ def logprob_entry(encoder, token_id, logits, n_top):
     logprobs = gpt2.log_softmax(logits[None])[0]  # [n_vocab]
     top = np.argpartition(-logprobs, n_top)[:n_top] if n_top else []
     top = sorted(top, key=lambda i: -logprobs[i])
-    return token_text(encoder, token_id), float(logprobs[token_id]), {token_text(encoder, int(i)): float(logprobs[i]) for i in top}
+    return (
+        token_text(encoder, token_id),
+        float(logprobs[token_id]),
+        {token_text(encoder, int(i)): float(logprobs[i]) for i in top},
+    )
 
 
 def logprobs_object(entries, offsets):
     """OpenAI's logprobs object of some tokens: their logprob entries and where each starts in the text."""
     tokens, token_logprobs, top_logprobs = zip(*entries) if entries else ((), (), ())
-    return {"tokens": list(tokens), "token_logprobs": list(token_logprobs), "top_logprobs": list(top_logprobs), "text_offset": list(offsets)}
+    return {
+        "tokens": list(tokens),
+        "token_logprobs": list(token_logprobs),
+        "top_logprobs": list(top_logprobs),
+        "text_offset": list(offsets),
+    }
 
 
 class Completion:
@@ -314,7 +345,12 @@ class Completion:
 
     def __init__(self, options, model_name, encoder, params, n_head):
         self.options, self.encoder, self.params, self.n_head = options, encoder, params, n_head
-        self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()), "model": model_name}
+        self.head = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model_name,
+        }
         self.prompt_texts, self.prompt_ids = options["prompt"], [encoder.encode(p) for p in options["prompt"]]
         n_ctx = len(params["wpe"])
         for ids in self.prompt_ids:
@@ -332,7 +368,9 @@ class Completion:
             for j in range(n):
                 # the command line's random streams: one sample draws from the seed itself, several
                 # samples each from the seed and its number (gpt2.generate_batch_stream's rows)
-                stream = seed if n == 1 else np.random.SeedSequence(np.random.SeedSequence(seed).entropy, spawn_key=(j,))
+                stream = (
+                    seed if n == 1 else np.random.SeedSequence(np.random.SeedSequence(seed).entropy, spawn_key=(j,))
+                )
                 rng = np.random.default_rng(stream)
                 self.rows.append(Row(len(self.rows), ids or [END_OF_TEXT], options, rng, encoder, self.events))
 
@@ -366,7 +404,11 @@ class Completion:
     def usage(self):
         prompt_tokens = sum(len(ids) for ids in self.prompt_ids) * self.options["n"]
         completion_tokens = sum(len(row.ids) for row in self.rows)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     def events_until_done(self, connection):
         """The rows' events as they come, until every row has ended; ConnectionResetError as soon as
@@ -426,7 +468,9 @@ def attention_view(body, encoder, params, n_head):
     tokens = tokens_of(prompt, encoder)
     ids = [token["id"] for token in tokens]
     if not 1 <= len(ids) <= ATTENTION_MAX_TOKENS:
-        raise BadRequest(f"the attention view takes a prompt of 1 to {ATTENTION_MAX_TOKENS} tokens, not {len(ids)}", "prompt")
+        raise BadRequest(
+            f"the attention view takes a prompt of 1 to {ATTENTION_MAX_TOKENS} tokens, not {len(ids)}", "prompt"
+        )
     # The forward pass with gpt2.py's functions up to the chosen block, and that block's attention
     # weights as mha computes them.
     n_seq = len(ids)

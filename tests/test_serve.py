@@ -13,7 +13,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from helpers import PROMPT, PROMPT_IDS, SMALL_HPARAMS, cli, read_until, start_gpt2
 
 openai = pytest.importorskip("openai")
@@ -73,16 +72,23 @@ def test_sampled_completions_equal_the_command_lines_with_the_same_seed(client, 
     one = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **options, extra_body={"top_k": 40})
     flags = ("-n", "10", "--temperature", "0.9", "--top_p", "0.95", "--seed", "7", "--top_k", "40")
     assert one.choices[0].text == command_line_text(capsys, small_models_dir, *flags)
-    three = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, n=3, **options, extra_body={"top_k": 40})
+    three = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=10, n=3, **options, extra_body={"top_k": 40}
+    )
     printed = command_line_text(capsys, small_models_dir, *flags, "--n_samples", "3")
     samples = [block.split("\n", 1)[1] for block in printed.split("======== SAMPLE ")[1:]]
     assert [choice.text for choice in sorted(three.choices, key=lambda c: c.index)] == [s.rstrip("\n") for s in samples]
     assert len(set(samples)) == 3
-    again = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, n=3, **options, extra_body={"top_k": 40})
+    again = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=10, n=3, **options, extra_body={"top_k": 40}
+    )
     assert [c.text for c in again.choices] == [c.text for c in three.choices]
 
 
-@pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": 1.0, "seed": 3, "n": 2}, {"temperature": 0, "echo": True, "logprobs": 2}])
+@pytest.mark.parametrize(
+    "options",
+    [{"temperature": 0}, {"temperature": 1.0, "seed": 3, "n": 2}, {"temperature": 0, "echo": True, "logprobs": 2}],
+)
 def test_streamed_chunks_join_to_the_whole_text(client, options):
     whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=15, **options)
     pieces, tokens = {}, {}
@@ -99,13 +105,19 @@ def test_logprobs_are_the_models_log_softmax_as_huggingface_computes_it(client, 
     from hf_reference import hf_greedy, hf_logits
 
     prompt_ids = encoder.encode(PROMPT)
-    completion = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=5, echo=True)
+    completion = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=5, echo=True
+    )
     choice = completion.choices[0]
     new_ids = hf_greedy(hf_small, prompt_ids, 8)
     assert choice.text == PROMPT + encoder.decode(new_ids)
     ids = prompt_ids + new_ids
     logits = hf_logits(hf_small, ids).astype(np.float64)
-    log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    log_softmax = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     logprobs = choice.logprobs
     assert logprobs.tokens == [encoder.decode([i]) for i in ids]
     assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None  # nothing predicts the first token
@@ -126,20 +138,27 @@ def test_stop_strings_end_the_text_before_them(client):
     k = next(k for k in range(5, len(tokens) - 1) if len(tokens[k]) >= 2 and tokens[k + 1])
     stop = tokens[k][-2:] + tokens[k + 1][:1]
     cut = whole.text[: whole.text.index(stop)]
-    stopped = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop, "never seen"])
+    stopped = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop, "never seen"]
+    )
     assert (stopped.choices[0].text, stopped.choices[0].finish_reason) == (cut, "stop")
-    streamed = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=stop, stream=True)
+    streamed = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=stop, stream=True
+    )
     chunks = list(streamed)
     assert "".join(c.choices[0].text for c in chunks) == cut and chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_several_prompts_in_one_request_and_many_clients_at_once(client):
     prompts = ["Hello, my name is", "The meaning of life is", PROMPT, "Once upon a time", "1, 2, 3,", "def f(x):"]
-    requests = [{"prompt": p, "max_tokens": 6 + i, "temperature": 0.8 * (i % 2), "seed": i} for i, p in enumerate(prompts)]
+    requests = [
+        {"prompt": p, "max_tokens": 6 + i, "temperature": 0.8 * (i % 2), "seed": i} for i, p in enumerate(prompts)
+    ]
     alone = [client.completions.create(model=MODEL, **r).choices[0].text for r in requests]
     together = client.completions.create(model=MODEL, prompt=prompts[:3], max_tokens=6, temperature=0)
     assert [c.text for c in together.choices] == [
-        client.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0).choices[0].text for p in prompts[:3]
+        client.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0).choices[0].text
+        for p in prompts[:3]
     ]
     results = [None] * len(requests)
 
@@ -190,7 +209,11 @@ def test_bad_requests_get_openais_error(client, options, message):
 )
 def test_malformed_bodies_get_openais_error(server, data, message):
     status, answer = post(f"{server[0]}/v1/completions", data)
-    assert status == 400 and message in answer["error"]["message"] and set(answer["error"]) == {"message", "type", "param", "code"}
+    assert (
+        status == 400
+        and message in answer["error"]["message"]
+        and set(answer["error"]) == {"message", "type", "param", "code"}
+    )
 
 
 def test_no_path_reads_files(server):
@@ -218,7 +241,9 @@ def test_attention_weights_are_huggingfaces(server, hf_small, encoder):
     finally:
         hf_small.config._attn_implementation = implementation
     for layer, head in [(0, 0), (1, 3)]:
-        status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": layer, "head": head}).encode())
+        status, answer = post(
+            f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": layer, "head": head}).encode()
+        )
         assert status == 200 and [t["id"] for t in answer["tokens"]] == ids
         np.testing.assert_allclose(answer["weights"], attentions[layer][0, head].numpy(), atol=1e-4)
     status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": 2}).encode())
@@ -296,7 +321,9 @@ def test_the_page_in_chromium(server, client, tmp_path):
             page.click("#generate")
             page.wait_for_selector("#generated[data-done=true]", timeout=60_000)
             page.wait_for_selector("#heatmap .cell")
-            prompt_ids = page.eval_on_selector_all("#prompt_tokens .token", "spans => spans.map(s => Number(s.dataset.id))")
+            prompt_ids = page.eval_on_selector_all(
+                "#prompt_tokens .token", "spans => spans.map(s => Number(s.dataset.id))"
+            )
             assert prompt_ids == PROMPT_IDS
             texts = page.eval_on_selector_all("#generated .token", "spans => spans.map(s => s.textContent)")
             probs = page.eval_on_selector_all("#generated .token", "spans => spans.map(s => Number(s.dataset.prob))")
@@ -306,8 +333,13 @@ def test_the_page_in_chromium(server, client, tmp_path):
                 page.select_option("#layer", layer)
                 page.select_option("#head", head)
                 page.wait_for_selector(f"#heatmap[data-layer='{layer}'][data-head='{head}']")
-                weights = page.eval_on_selector_all("#heatmap .cell", "cells => cells.map(c => Number(c.dataset.weight))")
-                _, expected = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": int(layer), "head": int(head)}).encode())
+                weights = page.eval_on_selector_all(
+                    "#heatmap .cell", "cells => cells.map(c => Number(c.dataset.weight))"
+                )
+                _, expected = post(
+                    f"{server[0]}/v1/attention",
+                    json.dumps({"prompt": PROMPT, "layer": int(layer), "head": int(head)}).encode(),
+                )
                 assert weights == [w for row in expected["weights"] for w in row]
             page.hover("#generated .token >> nth=0")
             assert "the model's top choices" in page.inner_text("#tip")
