@@ -223,7 +223,7 @@ class Decoder(threading.Thread):
 
     def gather(self):
         """The rows to start a batch with: at least one (waiting for it) and those sent at about the same time."""
-        rows, self.deferred = self.deferred, []
+        rows, self.deferred = self.deferred[: self.batch_size], self.deferred[self.batch_size :]
         if not rows:
             rows.append(self.waiting.get())
         deadline = time.monotonic() + GATHER_MAX_SECONDS
