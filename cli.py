@@ -376,8 +376,8 @@ def main(
             Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.
         serve: load the model once and answer over HTTP until Ctrl-C: a page that shows the model at work
             (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions
-            API at /v1/completions for the openai client and curl. Requests that arrive together are
-            decoded together, up to --batch_size of them; each request brings its own sampling options.
+            API at /v1/completions for the openai client and curl. Requests are decoded together, up to
+            --batch_size of them, one that comes later joining the others; each brings its own options.
         host: with --serve, the address to listen on: 127.0.0.1, this machine only (0.0.0.0 opens it to the network).
         port: with --serve, the port to listen on (0: any free one, printed at the start).
     """
