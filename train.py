@@ -12,6 +12,7 @@ chain rule; they come in the order a reader meets the forward functions.
 (HuggingFace's GPT2LMHeadModel on the same weights) and against jax.grad(gpt2.lm_loss) in the tests.
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -265,33 +266,32 @@ class AdamW:
 
     def step(self, params, grads, learning_rate):
         self.step_count += 1
-        correction1 = 1.0 - self.beta1**self.step_count
-        correction2 = 1.0 - self.beta2**self.step_count
         for (path, p), (_, g) in zip(leaves(params), leaves(grads)):
-            decay = self.weight_decay if decays(path) else 0.0
             # the numbers of each array in the order they lie in p's memory (views: the writes land in p)
             order = "F" if p.flags.f_contiguous and p.ndim > 1 else "C"
-            p, g, m, v = (a.reshape(-1, order=order) for a in (p, g, self.m[path], self.v[path]))
+            flat = [a.reshape(-1, order=order) for a in (p, g, self.m[path], self.v[path])]
+            decay = self.weight_decay if decays(path) else 0.0
+            on_every_core(functools.partial(self.update, flat, decay, learning_rate), p.size)
 
-            def work(piece, p=p, g=g, m=m, v=v, decay=decay):
-                p, g, m, v = p[piece], g[piece], m[piece], v[piece]
-                if decay:
-                    p *= np.float32(1.0 - learning_rate * decay)
-                m *= np.float32(self.beta1)
-                scratch = g * np.float32(1.0 - self.beta1)
-                m += scratch
-                v *= np.float32(self.beta2)
-                np.multiply(g, g, out=scratch)
-                scratch *= np.float32(1.0 - self.beta2)
-                v += scratch
-                np.sqrt(v, out=scratch)  # the denominator: sqrt of the corrected second moment, plus eps
-                scratch /= np.float32(math.sqrt(correction2))
-                scratch += np.float32(self.eps)
-                np.divide(m, scratch, out=scratch)
-                scratch *= np.float32(learning_rate / correction1)
-                p -= scratch
-
-            on_every_core(work, p.size)
+    def update(self, flat, decay, learning_rate, piece):  # one piece of one weight, its gradient and moments
+        p, g, m, v = (a[piece] for a in flat)
+        correction1 = 1.0 - self.beta1**self.step_count
+        correction2 = 1.0 - self.beta2**self.step_count
+        if decay:
+            p *= np.float32(1.0 - learning_rate * decay)
+        m *= np.float32(self.beta1)
+        scratch = g * np.float32(1.0 - self.beta1)
+        m += scratch
+        v *= np.float32(self.beta2)
+        np.multiply(g, g, out=scratch)
+        scratch *= np.float32(1.0 - self.beta2)
+        v += scratch
+        np.sqrt(v, out=scratch)  # the denominator: sqrt of the corrected second moment, plus eps
+        scratch /= np.float32(math.sqrt(correction2))
+        scratch += np.float32(self.eps)
+        np.divide(m, scratch, out=scratch)
+        scratch *= np.float32(learning_rate / correction1)
+        p -= scratch
 
 
 def trainable(params):
