@@ -362,7 +362,7 @@ class Completion:
                     "prompt",
                     "context_length_exceeded",
                 )
-        self.rows, self.events = [], queue.Queue()
+        self.rows, self.events, self.echoes = [], queue.Queue(), {}
         n, seed = options["n"], options["seed"]
         for ids in self.prompt_ids:
             for j in range(n):
@@ -375,15 +375,21 @@ class Completion:
                 self.rows.append(Row(len(self.rows), ids or [END_OF_TEXT], options, rng, encoder, self.events))
 
     def echoed(self, i):
-        """(text, logprob entries, text offsets) of prompt i when echo is on."""
+        """(text, logprob entries, text offsets) of prompt i when echo is on (made once for its n rows)."""
+        if i not in self.echoes:
+            self.echoes[i] = self.echo(i) if self.options["echo"] else ("", [], [])
+        return self.echoes[i]
+
+    def echo(self, i):
         ids, text = self.prompt_ids[i], self.prompt_texts[i]
-        if not self.options["echo"]:
-            return "", [], []
-        entries = []
+        entries, offsets, utf8, decoded = [], [], codecs.getincrementaldecoder("utf-8")(errors="replace"), 0
+        for token_id in ids:
+            offsets.append(decoded)
+            decoded += len(utf8.decode(self.encoder.decode_bytes([token_id])))
         if self.options["logprobs"] is not None and ids:
             logits = [None, *gpt2.gpt2(ids, **self.params, n_head=self.n_head)[:-1]]  # what predicted each token
             entries = [logprob_entry(self.encoder, i, row, self.options["logprobs"]) for i, row in zip(ids, logits)]
-        return text, entries, [len(self.encoder.decode(ids[:k])) for k in range(len(ids))]
+        return text, entries, offsets
 
     def choice(self, index, text="", finish_reason=None, logprobs=None):
         return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
