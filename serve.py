@@ -473,10 +473,9 @@ def attention_view(body, encoder, params, n_head):
     head = whole(0, n_head - 1)("head", body.get("head", 0))
     tokens = tokens_of(prompt, encoder)
     ids = [token["id"] for token in tokens]
-    if not 1 <= len(ids) <= ATTENTION_MAX_TOKENS:
-        raise BadRequest(
-            f"the attention view takes a prompt of 1 to {ATTENTION_MAX_TOKENS} tokens, not {len(ids)}", "prompt"
-        )
+    most = min(ATTENTION_MAX_TOKENS, len(params["wpe"]))
+    if not 1 <= len(ids) <= most:
+        raise BadRequest(f"the attention view takes a prompt of 1 to {most} tokens, not {len(ids)}", "prompt")
     # The forward pass with gpt2.py's functions up to the chosen block, and that block's attention
     # weights as mha computes them.
     n_seq = len(ids)
@@ -508,7 +507,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/v1/models":
             model = {"id": app.model_name, "object": "model", "created": 0, "owned_by": "gpt2.py"}
             sizes = {"n_layer": len(app.params["blocks"]), "n_head": app.n_head, "n_ctx": len(app.params["wpe"])}
-            model.update(sizes, attention_max_tokens=ATTENTION_MAX_TOKENS)  # for the page
+            model.update(sizes, attention_max_tokens=min(ATTENTION_MAX_TOKENS, sizes["n_ctx"]))  # for the page
             return self.send_json(200, {"object": "list", "data": [model]})
         self.send_error_json(404, f"no such page: {self.path}", code="not_found")
 
