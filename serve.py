@@ -450,7 +450,8 @@ class Completion:
                 continue
             logprobs = None
             if self.options["logprobs"] is not None:
-                logprobs = logprobs_object([row.entries[value]], [row.offsets[value]])
+                echo_text = self.echoed(index // self.options["n"])[0]
+                logprobs = logprobs_object([row.entries[value]], [len(echo_text) + row.offsets[value]])
             yield {**self.head, "choices": [self.choice(index, piece, None, logprobs)]}
 
     def cancel(self):

@@ -91,14 +91,17 @@ def test_sampled_completions_equal_the_command_lines_with_the_same_seed(client, 
 )
 def test_streamed_chunks_join_to_the_whole_text(client, options):
     whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=15, **options)
-    pieces, tokens = {}, {}
+    pieces, logprobs = {}, {}
     for chunk in client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=15, stream=True, **options):
         for choice in chunk.choices:
             pieces[choice.index] = pieces.get(choice.index, "") + choice.text
-            tokens[choice.index] = tokens.get(choice.index, []) + (choice.logprobs.tokens if choice.logprobs else [])
+            if choice.logprobs:
+                for key in ("tokens", "token_logprobs", "text_offset"):
+                    logprobs.setdefault((choice.index, key), []).extend(getattr(choice.logprobs, key))
     assert pieces == {choice.index: choice.text for choice in whole.choices}
     if "logprobs" in options:  # each token's logprobs came with it
-        assert tokens == {choice.index: choice.logprobs.tokens for choice in whole.choices}
+        for (index, key), values in logprobs.items():
+            assert values == getattr(whole.choices[index].logprobs, key), key
 
 
 def test_logprobs_are_the_models_log_softmax_as_huggingface_computes_it(client, hf_small, encoder):
