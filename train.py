@@ -565,6 +565,8 @@ def run(options):
         for name in os.listdir(out):
             os.remove(os.path.join(out, name))  # only a run's files: anything else was refused above
 
+    documents = read_documents(options.data)  # bad data is refused before the model is loaded
+    val_documents = read_documents([options.val_file]) if options.val_file else None
     encoder, hparams, params = load_model(options.model or options.model_size, options.models_dir)
     n_head = hparams["n_head"]
     if options.block_size > hparams["n_ctx"]:
@@ -575,12 +577,9 @@ def run(options):
             f"this run needs about {needed / 1e9:.1f} GB and {available / 1e9:.1f} GB are available: "
             "use a smaller --batch_size or --block_size (with --grad_accum for the same batch), or a smaller model"
         )
-    ids = tokenize(read_documents(options.data), encoder, os.path.join(options.models_dir, "tokens"))
-    if options.val_file:
-        train_ids, val_ids = (
-            ids,
-            tokenize(read_documents([options.val_file]), encoder, os.path.join(options.models_dir, "tokens")),
-        )
+    ids = tokenize(documents, encoder, os.path.join(options.models_dir, "tokens"))
+    if val_documents:
+        train_ids, val_ids = ids, tokenize(val_documents, encoder, os.path.join(options.models_dir, "tokens"))
     else:
         split = int(len(ids) * (1 - options.val_fraction))
         train_ids, val_ids = ids[:split], ids[split:]
@@ -727,7 +726,6 @@ def parse_arguments(args):
     )
     parser.add_argument(
         "--model_size",
-        default="124M",
         choices=["124M", "355M", "774M", "1558M"],
         help="which of OpenAI's models to start from (default 124M)",
     )
