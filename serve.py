@@ -131,11 +131,15 @@ COMPLETION_FIELDS = {
 }
 
 
-def read_completion_request(body, model_name):
-    """The request's options, checked, with their defaults."""
-    unknown = sorted(set(body) - set(COMPLETION_FIELDS))
+def refuse_unknown(body, known):
+    unknown = sorted(set(body) - set(known))
     if unknown:
         raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+
+
+def read_completion_request(body, model_name):
+    """The request's options, checked, with their defaults."""
+    refuse_unknown(body, COMPLETION_FIELDS)
     for required in ("model", "prompt"):
         if required not in body:
             raise BadRequest(f"you must provide a {required} parameter", required)
@@ -466,9 +470,7 @@ def tokens_of(prompt, encoder):
 def attention_view(body, encoder, params, n_head):
     """The attention weights of one head of one layer for a prompt: its tokens and a [n][n] matrix
     (row: a query, the position that looks; column: a key, the position looked at)."""
-    unknown = sorted(set(body) - {"prompt", "layer", "head"})
-    if unknown:
-        raise BadRequest(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    refuse_unknown(body, ("prompt", "layer", "head"))
     prompt = text("prompt", body.get("prompt"))
     layer = whole(0, len(params["blocks"]) - 1)("layer", body.get("layer", 0))
     head = whole(0, n_head - 1)("head", body.get("head", 0))
@@ -519,6 +521,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.complete(body)
             app = self.server.app
             if self.path == "/v1/tokenize":
+                refuse_unknown(body, ("prompt",))
                 return self.send_json(200, {"tokens": tokens_of(text("prompt", body.get("prompt")), app.encoder)})
             if self.path == "/v1/attention":
                 return self.send_json(200, attention_view(body, app.encoder, app.params, app.n_head))

@@ -357,6 +357,7 @@ def tokenize(documents, encoder, cache_dir):
 
     from tqdm import tqdm
 
+    from files import synced
     from gpt2 import END_OF_TEXT
 
     digest = hashlib.sha256(str(len(encoder.encoder)).encode())
@@ -374,6 +375,7 @@ def tokenize(documents, encoder, cache_dir):
     partial = f"{path}.{os.getpid()}.partial"
     with open(partial, "wb") as f:
         np.save(f, ids)
+        synced(f)
     os.replace(partial, path)
     return ids
 
