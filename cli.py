@@ -5,19 +5,22 @@ generated, several samples under headers, the learners' view of the probabilitie
 out, and the interactive prompt. Every flag is checked before anything is loaded or downloaded.
 """
 
+import argparse
 import contextlib
 import difflib
-import inspect
 import json
 import math
+import os
+import re
 import signal
 import sys
 
 import numpy as np
 
 import gpt2
-from files import megabytes
 from gpt2 import END_OF_TEXT, check_whole_number, plural
+from storage.files import megabytes
+from utils import DEFAULT_MODELS_DIR
 
 # Rows that decode together by default: more rows make more tokens per second, but the KV cache grows
 # with them (a row of 124M with its full context takes 75 MB, of 1558M 630 MB); 16 keeps a
@@ -25,6 +28,7 @@ from gpt2 import END_OF_TEXT, check_whole_number, plural
 DEFAULT_BATCH_SIZE = 16
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print them
 INTERACTIVE_PROMPT = "Model prompt >>> "
+MAX_SHOWN = 50  # --show_probs: candidates on one line, more than a learner reads
 # Every GPT-2 has OpenAI's vocabulary, <|endoftext|> its last entry, and a context of 1024 tokens: the
 # flags are checked against these before a model is loaded (a smaller context, once it is).
 N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
@@ -33,12 +37,9 @@ N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
 MAX_INPUT_BYTES = 100_000_000
 
 
-class Run:
-    """One run of the command line: main()'s arguments as attributes, and the model once loaded
-    (encoder, hparams, params, n_head). What every printing function takes."""
-
-    def __init__(self, flags):
-        self.__dict__.update(flags)
+class Run(argparse.Namespace):
+    """One run of the command line: the flags as attributes (PARSER fills them), and the model once
+    loaded (encoder, hparams, params, n_head). What every printing function takes."""
 
     @property
     def sampling(self):  # the options of gpt2.generate and its kin
@@ -50,11 +51,14 @@ class Run:
             "stop_at_end_of_text": self.stop_at_end_of_text,
         }
 
+    @property
+    def model_name(self):
+        return self.model or self.model_size or "124M"
+
     def load(self):
         from utils import load_model
 
-        model = self.model or self.model_size or "124M"
-        self.encoder, self.hparams, self.params = load_model(model, self.models_dir, self.revision)
+        self.encoder, self.hparams, self.params = load_model(self.model_name, self.models_dir, self.revision)
         self.n_head = self.hparams["n_head"]
 
 
@@ -304,97 +308,32 @@ def generate_text(run, input_ids):
     return print_samples(run, input_ids)
 
 
-def main(
-    prompt=None,
-    n_tokens_to_generate=40,
-    model_size=None,
-    model=None,
-    revision="main",
-    models_dir="models",
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    seed=None,
-    stop_at_end_of_text=True,
-    show_probs=0,
-    file=None,
-    score=False,
-    stride=None,
-    prepend_end_of_text=False,
-    n_samples=1,
-    batch_size=DEFAULT_BATCH_SIZE,
-    jsonl=None,
-    interactive=False,
-    serve=False,
-    host="127.0.0.1",
-    port=8000,
-):
-    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text.
-    With --score, measure how well GPT-2 predicts the text instead; returns the perplexity.
+def main(prompt=None, **flags):
+    """Continue PROMPT with GPT-2 and print the new text as it is generated; returns the text. With
+    score=True, print how well GPT-2 predicts the text instead; returns the perplexity. The keyword
+    arguments are the command line's flags, with its defaults (`python gpt2.py --help`)."""
+    run = PARSER.parse_args([], namespace=Run())
+    unknown = sorted(set(flags) - set(vars(run)))
+    if unknown:
+        raise TypeError(f"main() got an unexpected keyword argument {unknown[0]!r}")
+    vars(run).update(flags, prompt=prompt)
+    return execute(run)
 
-    Args:
-        prompt: the text to continue. "-" reads it from standard input (a pipe, or a file: - < notes.txt).
-            An empty prompt "" starts a fresh document, from <|endoftext|>.
-        n_tokens_to_generate: how many tokens to add at most. A token is a word or a piece of one;
-            100 tokens are about 75 English words. The prompt and the new tokens must fit in 1024.
-        model_size: which of OpenAI's models: 124M (the default), 355M, 774M or 1558M (bigger writes
-            better, slower).
-        model: instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's
-            (config.json, model.safetensors, vocab.json, merges.txt), or a model on the HuggingFace hub
-            such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there).
-        revision: with --model NAME, the hub's branch, tag or commit to take (default main).
-        models_dir: the folder for the models; a missing model is downloaded there first, and the
-            converted copy of every model is kept there.
-        temperature: 0 (the default) always takes the most likely token, so the same prompt gives the
-            same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely
-            words, 1 samples the model as it is, above 1 gets more surprising.
-        top_k: when sampling, draw only from the k most likely tokens (40 is a common choice); 0 means no limit.
-        top_p: when sampling, draw only from the most likely tokens that together have probability
-            top_p (nucleus sampling; 0.9 is common); 1 means no limit.
-        seed: a whole number that makes sampling repeatable: the same seed gives the same text.
-            Without it, every run differs.
-        stop_at_end_of_text: stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text
-            goes on past it.
-        show_probs: for learners: after each new token, show it and the model's N most likely candidates
-            with their probabilities, then the whole text. With --score, show each token of the text
-            with the probability the model gave it and its surprisal (-log2 of it, in bits).
-        file: read the text from this file (UTF-8) instead of the prompt.
-        score: instead of generating, print how well the model predicts the text: the mean negative
-            log-likelihood per token and the perplexity (lower is better).
-        stride: with --score, on a text longer than the context (1024 tokens), start a new window
-            every STRIDE tokens (default 1024: no overlap); smaller strides give tokens more context.
-        prepend_end_of_text: with --score, put <|endoftext|> before the text so that its first token is
-            scored too (by default it is only context).
-        n_samples: how many continuations of the prompt to make; each is printed whole under a header
-            line "======== SAMPLE i ========". With a seed, the same command prints the same samples.
-        batch_size: how many continuations are made together (default 16): more is faster per token
-            and takes more memory; the text is the same whatever it is.
-        jsonl: read one JSON object per line from this file ("-" for standard input) and print one per
-            result: generation reads "prompt" and adds "sample", "completion" and "n_tokens"; --score
-            reads "text" and adds "n_tokens", "n_scored", "nll" and "perplexity". Other keys are kept.
-        interactive: ask for prompts one after another ("Model prompt >>> "), with the model loaded once.
-            Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.
-        serve: load the model once and answer over HTTP until Ctrl-C: a page that shows the model at work
-            (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions
-            API at /v1/completions for the openai client and curl. Requests are decoded together, up to
-            --batch_size of them, one that comes later joining the others; each brings its own options.
-        host: with --serve, the address to listen on: 127.0.0.1, this machine only (0.0.0.0 opens it to the network).
-        port: with --serve, the port to listen on (0: any free one, printed at the start).
-    """
-    run = Run(locals())
+
+def execute(run):
     check_flags(run)
-    if serve:
+    if run.serve:
         return serve_model(run)
-    if jsonl is not None:
-        source, records = read_jsonl(str(jsonl), "text" if score else "prompt")
-    elif not interactive:
+    if run.jsonl is not None:
+        source, records = read_jsonl(str(run.jsonl), "text" if run.score else "prompt")
+    elif not run.interactive:
         text = read_text(run)
     run.load()
-    if jsonl is not None:
-        return jsonl_scoring(run, source, records) if score else jsonl_generation(run, source, records)
-    if interactive:
+    if run.jsonl is not None:
+        return jsonl_scoring(run, source, records) if run.score else jsonl_generation(run, source, records)
+    if run.interactive:
         return interactive_loop(run)
-    if score:
+    if run.score:
         return print_score(run, scoring_ids(run, text))
     return generate_text(run, run.encoder.encode(text))
 
@@ -404,152 +343,91 @@ def serve_model(run):
 
     server = serve.bind(run.host, run.port)  # before loading: a port in use fails at once
     run.load()
-    name = run.model or run.model_size or "124M"
-    serve.serve(server, serve.App(name, run.encoder, run.params, run.n_head, run.batch_size))
+    serve.serve(server, serve.App(run.model_name, run.encoder, run.params, run.n_head, run.batch_size))
+
+
+# The command line. PARSER holds every flag with its default and its description; check_flags
+# checks the values, whether they came from the command line or from main()'s keywords.
 
 
 class UsageError(ValueError):
-    """A mistake in what the command line was given: exit code 2, before anything is loaded."""
+    """A mistake in what a command line was given: exit code 2, before anything is loaded."""
 
 
-def check_flags(run):
-    """Every value main() is given, before anything is loaded or downloaded."""
-    from utils import check_model_name, check_model_size, check_revision
+class Parser(argparse.ArgumentParser):
+    """argparse as gpt2.py's and train.py's command lines use it: whole flag names only, a one-line
+    UsageError for every mistake (with a "did you mean" for a misspelt flag), and --help that shows
+    each flag's default."""
 
-    modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
-    modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
-    if run.serve:
-        check_serving(run, modes)
-    elif run.host != "127.0.0.1" or run.port != 8000:
-        raise UsageError("--host and --port go with --serve")
-    elif not modes:
-        raise UsageError("give a prompt (or - to read standard input, --file PATH, --jsonl PATH or --interactive)")
-    if len(modes) > 1:
-        both = "both " if len(modes) == 2 else "all of "
-        raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
-    if run.prompt is not None and not isinstance(run.prompt, str):
-        raise UsageError(f"the prompt must be text, not {run.prompt!r} (on the command line, give it first)")
-    if run.model is not None and run.model_size is not None:
-        raise UsageError("give --model or --model_size, not both")
+    def __init__(self, **options):
+        super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+
+    def error(self, message):
+        argument = re.match(r"argument (?:\S+/)?(\S+): (.*)", message)
+        if argument and argument[2] == "expected one argument":
+            message = f"{argument[1]} needs a value"
+        elif argument:
+            message = f"{argument[1]} {argument[2]}"
+        raise UsageError(message)
+
+    def parse(self, args, namespace=None, extra_positional=None):
+        """The flags of args; an unknown flag is refused with the closest known one, an extra word with
+        extra_positional(word, the words before it) or argparse's own message."""
+        options, extras = self.parse_known_args(args, namespace)
+        positional = [word for word in extras if not word.startswith("-") or word == "-"]
+        for word in extras:
+            if word.startswith("-") and word != "-":
+                raise UsageError(f"unknown flag {word.partition('=')[0]}{self.hint(word)}")
+        if positional:
+            raise UsageError(extra_positional(positional[0], args) if extra_positional else f"unexpected {positional[0]!r}")
+        return options
+
+    def hint(self, word):
+        flags = sorted(s for action in self._actions for s in action.option_strings if s.startswith("--"))
+        name = word.partition("=")[0].lower()
+        close = [flag for flag in flags if flag.startswith(name)] if name.startswith("--") else []
+        close = close or difflib.get_close_matches(name, flags, n=1)  # a start, or a near spelling
+        return f"; did you mean {close[0]}?" if close else "; see --help"
+
+
+class Switch(argparse.Action):
+    """--NAME and --noNAME, the spellings of fire and absl (argparse's own would be --no-NAME)."""
+
+    def __init__(self, option_strings, dest, default=False, help=None):
+        names = [*option_strings, f"--no{option_strings[0][2:]}"]
+        super().__init__(names, dest, nargs=0, default=default, help=f"{help} (default: {'on' if default else 'off'})")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith("--no"))
+
+    def format_usage(self):
+        return self.option_strings[0]
+
+
+def whole(text):  # argparse's type for a whole number (its bounds are checked with the other values)
     try:
-        if run.model is not None:
-            check_model_name(run.model)
-            check_revision(run.revision)
-        if run.model_size is not None:
-            check_model_size(run.model_size)
-        for name, low in (("show_probs", 0), ("n_samples", 1), ("batch_size", 1)):
-            check_whole_number(name, getattr(run, name), low)
-        if not run.score:
-            check_whole_number("n_tokens_to_generate", run.n_tokens_to_generate, 1, N_CTX)
-        if run.stride is not None:
-            check_whole_number("stride", run.stride, 1, N_CTX)
-        gpt2.check_sampling(run.temperature, run.top_k, run.top_p, run.seed, N_VOCAB)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if run.show_probs and (run.n_samples > 1 or run.jsonl is not None):
-        raise UsageError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
-    if run.score and (run.interactive or run.n_samples > 1):
-        raise UsageError("--score measures a given text: not with --interactive or --n_samples")
-    if not run.score and (run.stride is not None or run.prepend_end_of_text):
-        flag = "--stride" if run.stride is not None else "--prepend_end_of_text"
-        raise UsageError(f"{flag} goes with --score, which measures a text; generation does not use it")
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
 
 
-def fire_arguments(args):
-    """The command line's words as fire should get them, or a UsageError for a word main() does not take.
-    fire alone would run with a misspelt flag ignored (after downloading the model), and would read the
-    second word of an unquoted prompt as the value of n_tokens_to_generate."""
-    parameters = inspect.signature(main).parameters
-    switches = {name for name, parameter in parameters.items() if isinstance(parameter.default, bool)}
-    flags = {name for name in parameters if name not in switches} | switches | {f"no{name}" for name in switches}
-    result, positional, i = [], [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "-n" or arg.startswith("-n="):  # fire's short form of the only flag with an n, before n_samples
-            arg = "--n_tokens_to_generate" + arg[2:]
-        if arg.startswith("-") and arg != "-":
-            name, has_value, value = arg.lstrip("-").partition("=")
-            if not arg.startswith("--") or name not in flags:
-                close = [flag for flag in sorted(flags) if flag.startswith(name)] if name else []
-                close = close or difflib.get_close_matches(name, sorted(flags), n=1)  # a start, or a near spelling
-                hint = f"; did you mean --{close[0]}?" if close else "; see --help"
-                raise UsageError(f"unknown flag {arg.partition('=')[0]}{hint}")
-            if not has_value and (name in switches or name.removeprefix("no") in switches):
-                # with its value written out: fire would take a bare switch's next word for its value
-                result.append(f"--{name}=True" if name in switches else f"--{name.removeprefix('no')}=False")
-                i += 1
-                continue
-            if not has_value:
-                if i + 1 == len(args) or args[i + 1].startswith("--"):
-                    raise UsageError(f"--{name} needs a value")
-                i += 1
-                value = args[i]
-            # fire reads values as Python literals and a lone "-" as its separator of chained commands:
-            # text flags, and "-", go quoted, so that they arrive as typed
-            result.append(f"--{name}={repr(value) if name in TEXT_FLAGS or value == '-' else value}")
-            i += 1
-            continue
-        positional.append(arg)
-        if len(positional) > 1:
-            raise UsageError(
-                f"unexpected argument {arg!r}: a prompt of several words goes in quotes, as in "
-                f"python gpt2.py {' '.join(positional)!r}"
-            )
-        result.append(repr(arg))  # the prompt, exactly as typed (fire would read "42" as a number)
-        i += 1
-    return result
-
-
-def check_serving(run, modes):
-    """--serve answers requests, which bring their own prompts and options: no others on the command line."""
-    if modes:
-        raise UsageError(f"--serve takes its prompts from requests: not with {modes[0]}")
-    defaults = {name: p.default for name, p in inspect.signature(main).parameters.items()}
-    for name in (
-        "n_tokens_to_generate",
-        "temperature",
-        "top_k",
-        "top_p",
-        "seed",
-        "stop_at_end_of_text",
-        "show_probs",
-        "score",
-        "stride",
-        "prepend_end_of_text",
-        "n_samples",
-    ):
-        if getattr(run, name) != defaults[name]:
-            raise UsageError(f"--{name} is not for --serve: each request gives its own options")
-    if not isinstance(run.host, str) or not run.host:
-        raise UsageError(f"--host must be an address such as 127.0.0.1, not {run.host!r}")
+def real(text):  # argparse's type for a number
     try:
-        check_whole_number("port", run.port, 0, 65535)
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+
+
+def checked(check, *args):
+    """check(*args), its ValueError a UsageError: the one way the command lines check a value."""
+    try:
+        check(*args)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-TEXT_FLAGS = {"prompt", "model_size", "model", "revision", "models_dir", "file", "jsonl", "host"}
-METAVARS = {
-    "model_size": "SIZE",
-    "model": "NAME_OR_PATH",
-    "revision": "REVISION",
-    "models_dir": "DIR",
-    "file": "PATH",
-    "jsonl": "PATH",
-    "temperature": "T",
-    "top_p": "P",
-    "host": "ADDRESS",
-    "port": "PORT",
-}
-DEFAULTS_SHOWN = {
-    "model_size": "124M",
-    "model": "none",
-    "seed": "none: each run differs",
-    "stride": f"the context, {N_CTX}",
-    "file": "none",
-    "jsonl": "none",
-}
 EXAMPLES = """\
+examples:
   python gpt2.py "Alan Turing theorized that computers would one day become" -n 8
   python gpt2.py "The meaning of life is" --temperature 0.8 --top_k 40 --seed 1 -n 100
   python gpt2.py "Once upon a time" --n_samples 4 --temperature 0.9 --seed 2
@@ -562,36 +440,120 @@ EXAMPLES = """\
   python gpt2.py --serve --port 8000"""
 
 
-def help_text():
-    """--help: main()'s docstring laid out for the terminal: every flag with its default and its whole
-    description (fire's own help cuts descriptions at a later line holding a colon)."""
-    doc = inspect.getdoc(main)
-    summary, args = doc.split("\n\nArgs:\n")
-    descriptions, name = {}, None
-    for line in args.splitlines():
-        if not line.startswith("        ") and ":" in line:
-            name, _, text = line.strip().partition(":")
-            descriptions[name] = [text.strip()]
-        else:
-            descriptions[name].append(line.strip())
-    lines = [
-        "usage: python gpt2.py PROMPT [flags]",
-        "       python gpt2.py (--file PATH | --jsonl PATH | --interactive) [flags]",
+def make_parser():
+    parser = Parser(
+        prog="python gpt2.py",
+        usage="python gpt2.py PROMPT [flags]\n"
+        "       python gpt2.py (--file PATH | --jsonl PATH | --interactive) [flags]\n"
         "       python gpt2.py --serve [--host ADDRESS] [--port PORT] [flags]",
-        "",
-    ]
-    lines += [summary, "", "arguments:"]
-    for name, parameter in inspect.signature(main).parameters.items():
-        if name == "prompt":
-            heading = "  PROMPT"
-        elif isinstance(parameter.default, bool):
-            heading = f"  --{'no' if parameter.default else ''}{name}"
-        else:
-            short = "-n, " if name == "n_tokens_to_generate" else ""
-            default = DEFAULTS_SHOWN.get(name, parameter.default)
-            heading = f"  {short}--{name} {METAVARS.get(name, 'N')}  (default: {default})"
-        lines += [heading, *(f"      {text}" for text in descriptions[name])]
-    return "\n".join([*lines, "", "examples:", EXAMPLES])
+        description="Continue PROMPT with GPT-2 and print the new text as it is generated. With --score, "
+        "measure how well GPT-2 predicts the text instead.",
+        epilog=EXAMPLES,
+    )
+    text = parser.add_argument_group("the text")
+    text.add_argument("prompt", nargs="?", metavar="PROMPT", help='the text to continue. "-" reads it from standard input (a pipe, or a file: - < notes.txt); "--" before a prompt that starts with "-". An empty prompt "" starts a fresh document, from <|endoftext|>.')
+    text.add_argument("--file", metavar="PATH", help="read the text from this file (UTF-8) instead of the prompt (default: none)")
+    text.add_argument("--jsonl", metavar="PATH", help='read one JSON object per line from this file ("-" for standard input) and print one per result: generation reads "prompt" and adds "sample", "completion" and "n_tokens"; --score reads "text" and adds "n_tokens", "n_scored", "nll" and "perplexity". Other keys are kept. (default: none)')
+    text.add_argument("--interactive", action=Switch, help='ask for prompts one after another ("Model prompt >>> "), with the model loaded once. Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.')
+    model = parser.add_argument_group("the model")
+    model.add_argument("--model_size", metavar="SIZE", help="which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower) (default: 124M)")
+    model.add_argument("--model", metavar="NAME_OR_PATH", help="instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's (config.json, model.safetensors, vocab.json, merges.txt), a training run's folder, or a model on the HuggingFace hub such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there) (default: none)")
+    model.add_argument("--revision", metavar="REVISION", default="main", help="with --model NAME, the hub's branch, tag or commit to take (default: %(default)s)")
+    model.add_argument("--models_dir", metavar="DIR", default=DEFAULT_MODELS_DIR, help="the folder for the models; a missing model is downloaded there first, and the converted copy of every model is kept there (default: $GPT2_MODELS_DIR, else the models folder beside gpt2.py: %(default)s)")
+    generation = parser.add_argument_group("generation")
+    generation.add_argument("-n", "--n_tokens_to_generate", metavar="N", type=whole, default=40, help="how many tokens to add at most. A token is a word or a piece of one; 100 tokens are about 75 English words. The prompt and the new tokens must fit in the model's context, 1024 tokens (default: %(default)s)")
+    generation.add_argument("--temperature", metavar="T", type=real, default=0.0, help="0 always takes the most likely token, so the same prompt gives the same text. Above 0 the next token is drawn at random: 0.7 stays close to the likely words, 1 samples the model as it is, above 1 gets more surprising (default: %(default)s)")
+    generation.add_argument("--top_k", metavar="K", type=whole, default=0, help="when sampling, draw only from the K most likely tokens (40 is a common choice); 0 means no limit (default: %(default)s)")
+    generation.add_argument("--top_p", metavar="P", type=real, default=1.0, help="when sampling, draw only from the most likely tokens that together have probability P (nucleus sampling; 0.9 is common); 1 means no limit (default: %(default)s)")
+    generation.add_argument("--seed", metavar="N", type=whole, help="a whole number that makes sampling repeatable: the same seed gives the same text (default: none, each run differs)")
+    generation.add_argument("--stop_at_end_of_text", action=Switch, default=True, help="stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text goes on past it")
+    generation.add_argument("--n_samples", metavar="N", type=whole, default=1, help='how many continuations of the prompt to make; each is printed whole under a header line "======== SAMPLE i ========". With a seed, the same command prints the same samples (default: %(default)s)')
+    generation.add_argument("--batch_size", metavar="N", type=whole, default=DEFAULT_BATCH_SIZE, help="how many continuations are made together, and with --serve how many requests: more is faster per token and takes more memory; the text is the same whatever it is (default: %(default)s)")
+    generation.add_argument("--show_probs", metavar="N", type=whole, default=0, help=f"for learners: after each new token, show it and the model's N most likely candidates (at most {MAX_SHOWN}) with their probabilities, then the whole text. With --score, show each token of the text with the probability the model gave it and its surprisal (-log2 of it, in bits) (default: %(default)s)")
+    scoring = parser.add_argument_group("scoring")
+    scoring.add_argument("--score", action=Switch, help="instead of generating, print how well the model predicts the text: the mean negative log-likelihood per token and the perplexity (lower is better)")
+    scoring.add_argument("--stride", metavar="N", type=whole, help="with --score, on a text longer than the context, start a new window every N tokens; smaller strides give tokens more context (default: the context, 1024: no overlap)")
+    scoring.add_argument("--prepend_end_of_text", action=Switch, help="with --score, put <|endoftext|> before the text so that its first token is scored too (by default it is only context)")
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--serve", action=Switch, help="load the model once and answer over HTTP until Ctrl-C: a page that shows the model at work (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions API at /v1/completions for the openai client and curl. Requests are decoded together, up to --batch_size of them, one that comes later joining the others; each brings its own options")
+    serving.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="with --serve, the address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 opens it to the network (default: %(default)s)")
+    serving.add_argument("--port", metavar="PORT", type=whole, default=8000, help="with --serve, the port to listen on; 0 takes any free one, printed at the start (default: %(default)s)")
+    return parser, {action.dest for group in (generation, scoring) for action in group._group_actions}
+
+
+def check_flags(run):
+    """Every value, before anything is loaded or downloaded."""
+    from utils import check_model_name, check_model_size, check_models_dir, check_revision
+
+    modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
+    modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
+    if run.serve:
+        check_serving(run, modes)
+    elif run.host != PARSER.get_default("host") or run.port != PARSER.get_default("port"):
+        raise UsageError("--host and --port go with --serve")
+    elif not modes:
+        raise UsageError("give a prompt (or - to read standard input, --file PATH, --jsonl PATH or --interactive)")
+    if len(modes) > 1:
+        both = "both " if len(modes) == 2 else "all of "
+        raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
+    if run.prompt is not None and not isinstance(run.prompt, str):
+        raise UsageError(f"the prompt must be text, not {run.prompt!r}")
+    if run.model is not None and run.model_size is not None:
+        raise UsageError("give --model or --model_size, not both")
+    if run.revision != "main" and run.model is None:
+        raise UsageError("--revision goes with --model NAME, a model on the HuggingFace hub")
+    if run.model is not None:
+        checked(check_model_name, run.model)
+        checked(check_revision, run.revision)
+    if run.model_size is not None:
+        checked(check_model_size, run.model_size)
+    checked(check_models_dir, run.models_dir)
+    checked(check_whole_number, "show_probs", run.show_probs, 0, MAX_SHOWN)
+    for name in ("n_samples", "batch_size"):
+        checked(check_whole_number, name, getattr(run, name), 1)
+    if not run.score:
+        checked(check_whole_number, "n_tokens_to_generate", run.n_tokens_to_generate, 1, N_CTX)
+    if run.stride is not None:
+        checked(check_whole_number, "stride", run.stride, 1, N_CTX)
+    checked(gpt2.check_sampling, run.temperature, run.top_k, run.top_p, run.seed, N_VOCAB)
+    check_combinations(run)
+
+
+def check_combinations(run):
+    """Flags that mean nothing together, refused rather than silently ignored."""
+    if run.show_probs and (run.n_samples > 1 or run.jsonl is not None):
+        raise UsageError("--show_probs shows one text at a time: not with --n_samples or --jsonl")
+    if run.score and (run.interactive or run.n_samples > 1):
+        raise UsageError("--score measures a given text: not with --interactive or --n_samples")
+    if not run.score and (run.stride is not None or run.prepend_end_of_text):
+        flag = "--stride" if run.stride is not None else "--prepend_end_of_text"
+        raise UsageError(f"{flag} goes with --score, which measures a text; generation does not use it")
+    if run.temperature == 0 and (run.top_k or run.top_p < 1) and not run.score:
+        flag = "--top_k" if run.top_k else "--top_p"
+        raise UsageError(f"{flag} filters what sampling draws from: it needs a --temperature above 0 (0 is greedy)")
+
+
+def check_serving(run, modes):
+    """--serve answers requests, which bring their own prompts and options: no others on the command line."""
+    if modes:
+        raise UsageError(f"--serve takes its prompts from requests: not with {modes[0]}")
+    for name in sorted(REQUEST_OPTIONS):
+        if getattr(run, name) != PARSER.get_default(name):
+            raise UsageError(f"--{name} is not for --serve: each request gives its own options")
+    if not isinstance(run.host, str) or not run.host:
+        raise UsageError(f"--host must be an address such as 127.0.0.1, not {run.host!r}")
+    checked(check_whole_number, "port", run.port, 0, 65535)
+
+
+def several_words(word, args):
+    before = [a for a in args[: args.index(word)] if not a.startswith("-")][-1:]
+    return (
+        f"unexpected argument {word!r}: a prompt of several words goes in quotes, as in "
+        f"python gpt2.py {' '.join([*before, word])!r}"
+    )
+
+
+PARSER, REQUEST_OPTIONS = make_parser()  # REQUEST_OPTIONS: the flags that a request to --serve brings itself
 
 
 class Terminated(BaseException):
@@ -608,22 +570,18 @@ def fail(message, exit_code):
     sys.exit(exit_code)
 
 
-def run_command_line(args):
-    """`python gpt2.py ARGS...`: main() through fire, with one line on stderr for each mistake, and the
-    exit code: 2 for a usage mistake, 1 for a failure at run time, 130 for Ctrl-C, 128 + N for signal N."""
-    if "-h" in args or "--help" in args:
-        return print(help_text())
+def run_command(work, *args):
+    """work(*args) as a command: one line on stderr for each mistake, and the exit code: 2 for a usage
+    mistake, 1 for a failure at run time, 130 for Ctrl-C, 128 + N for signal N (141 when the reader of
+    the output has gone, as `| head` does)."""
     try:
-        command = fire_arguments(args)
+        return work(*args)
     except UsageError as e:
         fail(e, 2)
-    import fire
-
-    try:
-        fire.Fire(main, command=command, serialize=lambda result: None)  # main has printed it already
-    except UsageError as e:
-        fail(e, 2)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, MemoryError) as e:
+        if isinstance(e, BrokenPipeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            sys.exit(128 + signal.SIGPIPE)
         fail(e, 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -631,6 +589,11 @@ def run_command_line(args):
     except Terminated as e:
         print(f"terminated ({signal.Signals(e.args[0]).name})", file=sys.stderr)
         sys.exit(128 + e.args[0])
+
+
+def run_command_line(args):
+    """`python gpt2.py ARGS...`."""
+    run_command(lambda: execute(PARSER.parse(args, Run(), several_words)))
 
 
 if __name__ == "__main__":

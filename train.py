@@ -357,8 +357,8 @@ def tokenize(documents, encoder, cache_dir):
 
     from tqdm import tqdm
 
-    from files import synced
     from gpt2 import END_OF_TEXT
+    from storage.files import synced
 
     digest = hashlib.sha256(str(len(encoder.encoder)).encode())
     for document in documents:
@@ -437,9 +437,8 @@ def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_at
 
 def save_run(folder, params, hparams, encoder, optimizer, state):
 
-    import hf
-    import safetensors_file
-    from files import fsync_path, synced
+    from storage import hf, safetensors_file
+    from storage.files import fsync_path, synced
 
     os.makedirs(folder, exist_ok=True)
     commit = os.path.join(folder, "commit.json")
@@ -471,7 +470,7 @@ def save_run(folder, params, hparams, encoder, optimizer, state):
 def finish_save(folder):
     """Complete a committed save, or drop the partials of one that was not committed."""
 
-    from files import fsync_path
+    from storage.files import fsync_path
 
     committed = os.path.exists(os.path.join(folder, "commit.json"))
     for name in RUN_FILES:
@@ -490,7 +489,7 @@ def finish_save(folder):
 
 def load_optimizer(folder, optimizer):
 
-    from safetensors_file import read_tensors
+    from storage.safetensors_file import read_tensors
 
     by_name = dict(read_tensors(os.path.join(folder, "optimizer.safetensors")))
     for path in optimizer.m:
@@ -502,8 +501,7 @@ def load_run_params(folder):
     """The weights of a run folder, laid out as a loaded model's are (so that a resumed run computes
     exactly what the uninterrupted one would)."""
 
-    import hf
-    import npy_copy
+    from storage import hf, npy_copy
     from utils import nest
 
     weights = os.path.join(folder, "model.safetensors")

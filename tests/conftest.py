@@ -37,21 +37,21 @@ def golden():
 
 @pytest.fixture(scope="session")
 def small_variables():
-    from random_model import random_openai_variables
+    from tools.random_model import random_openai_variables
 
     return random_openai_variables(SMALL_HPARAMS, SEED)
 
 
 @pytest.fixture(scope="session")
 def small_params(small_variables):
-    from random_model import nested_params
+    from tools.random_model import nested_params
 
     return nested_params(small_variables, SMALL_HPARAMS["n_layer"])
 
 
 @pytest.fixture(scope="session")
 def long_params():
-    from random_model import nested_params, random_openai_variables
+    from tools.random_model import nested_params, random_openai_variables
 
     return nested_params(random_openai_variables(LONG_HPARAMS, 1), LONG_HPARAMS["n_layer"])
 
@@ -60,14 +60,14 @@ def long_params():
 def hf_small(small_variables):
     """HuggingFace's GPT2LMHeadModel holding the small random weights; skips where transformers is missing."""
     pytest.importorskip("transformers")
-    from random_model import hf_model
+    from tools.random_model import hf_model
 
     return hf_model(small_variables, SMALL_HPARAMS)
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir():
-    from random_model import tokenizer_dir
+    from tools.random_model import tokenizer_dir
 
     return tokenizer_dir()
 
@@ -81,7 +81,7 @@ def encoder(tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiktoken_gpt2():
-    from random_model import tiktoken_gpt2
+    from tools.random_model import tiktoken_gpt2
 
     return tiktoken_gpt2()
 
@@ -91,7 +91,7 @@ def small_models_dir(tmp_path_factory, small_variables):
     """A models folder whose 124M holds the small random model in OpenAI's layout, already converted
     (remove 124M/npy to test the first load). Tests that only load it use it as it is; tests that
     change files must copy it first (models_copy)."""
-    from random_model import write_openai_model_dir
+    from tools.random_model import write_openai_model_dir
     from utils import load_encoder_hparams_and_params
 
     models_dir = tmp_path_factory.mktemp("models")
@@ -116,7 +116,7 @@ def model_server(small_models_dir):
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    import download
+    from storage import download
 
     monkeypatch.setattr(download, "READ_TIMEOUT", 0.25)
     monkeypatch.setattr(download, "BACKOFF", 0.01)

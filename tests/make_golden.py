@@ -24,7 +24,7 @@ from helpers import (
 )
 from hf_reference import hf_filter, hf_greedy, hf_guide_windows, hf_logits
 
-from random_model import hf_model, random_openai_variables
+from tools.random_model import hf_model, random_openai_variables
 
 
 def main():

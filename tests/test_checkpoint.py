@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from helpers import PROMPT, REPO_DIR, SMALL_HPARAMS, assert_same_params, cli, load
 
-import checkpoint
 import utils
-from random_model import import_tensorflow, random_openai_variables, write_openai_model_dir
+from storage import checkpoint
+from tools.random_model import import_tensorflow, random_openai_variables, write_openai_model_dir
 
 DATA = utils.CHECKPOINT_DATA
 # GPT-2 124M's 148 tensor names (12 layers) on a tiny body, so that the test writes kilobytes

@@ -11,8 +11,8 @@ import time
 import pytest
 from helpers import REPO_DIR, SMALL_HPARAMS, assert_same_params, closed_port_url, load, start_gpt2
 
-import download
 import utils
+from storage import download
 
 DATA = utils.CHECKPOINT_DATA
 

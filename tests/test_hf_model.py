@@ -13,8 +13,8 @@ from helpers import PROMPT, SMALL_HPARAMS, assert_clean_error, assert_same_param
 
 import gpt2
 import utils
-from random_model import write_hf_model_dir
-from safetensors_file import read_header
+from storage.safetensors_file import read_header
+from tools.random_model import write_hf_model_dir
 
 pytest.importorskip("transformers")  # HuggingFace writes the folders these tests read
 torch = pytest.importorskip("torch")
@@ -65,7 +65,7 @@ def test_a_folder_saved_by_huggingface_gives_its_logits_and_greedy_text(
     encoder, hparams, params = utils.load_model(small_hf_folder, str(tmp_path))
     assert hparams == SMALL_HPARAMS
     check_against_hf(hf_small, params, hparams, encoder.encode(PROMPT), 20)
-    from random_model import tiktoken_gpt2
+    from tools.random_model import tiktoken_gpt2
 
     result = cli(capsys, PROMPT, "-n", "12", "--model", small_hf_folder, "--models_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -128,7 +128,7 @@ def test_half_precision_files_give_the_float32_logits_of_their_rounded_weights(h
 
 
 def test_safetensors_read_as_the_safetensors_package_reads_them(small_hf_folder):
-    from safetensors_file import read_tensors
+    from storage.safetensors_file import read_tensors
 
     weights = os.path.join(small_hf_folder, "model.safetensors")
     ours, theirs = dict(read_tensors(weights)), safetensors_numpy.load_file(weights)

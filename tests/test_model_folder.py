@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from helpers import REPO_DIR, SMALL_HPARAMS, assert_same_params, load
 
-import npy_copy
 import utils
+from storage import npy_copy
 
 
 def test_124M_has_the_published_parameter_count():
@@ -69,7 +69,7 @@ def test_damaged_or_stale_copy_is_rebuilt(models_copy, small_params, damage, cap
     elif damage == "manifest":
         converted_file(models_copy, "manifest.json").write_text("{not json")
     elif damage == "checkpoint_changed":  # other weights of the same shapes: the data file keeps its size
-        from random_model import nested_params, random_openai_variables, write_openai_model_dir
+        from tools.random_model import nested_params, random_openai_variables, write_openai_model_dir
 
         variables = random_openai_variables(SMALL_HPARAMS, 99)
         write_openai_model_dir(str(models_copy / "124M"), SMALL_HPARAMS, variables)

@@ -13,10 +13,8 @@ from collections import namedtuple
 import pytest
 from helpers import PROMPT, REPO_DIR, SMALL_HPARAMS, assert_same_params, load, read_until, run_gpt2, start_gpt2
 
-import checkpoint
-import files
-import npy_copy
 import utils
+from storage import checkpoint, files, npy_copy
 
 DATA = utils.CHECKPOINT_DATA
 DiskUsage = namedtuple("DiskUsage", "total used free")

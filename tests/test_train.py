@@ -17,7 +17,7 @@ def random_batch(seed, n_batch, n_seq):
 
 def ours_path(hf_name):
     """HuggingFace's parameter name -> the path of the same weight in our params."""
-    from hf import flat_key
+    from storage.hf import flat_key
 
     path = []
     for part in flat_key(hf_name).split("."):
@@ -83,7 +83,7 @@ def test_ten_adamw_steps_give_pytorchs_losses(small_variables):
     exceed: the loss after each step equals PyTorch's within 1e-4, relative."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from random_model import hf_model, nested_params
+    from tools.random_model import hf_model, nested_params
 
     model = hf_model(small_variables, SMALL_HPARAMS).train()  # dropout is 0: train() changes nothing else
     params = train.trainable(nested_params(small_variables, SMALL_HPARAMS["n_layer"]))
@@ -178,7 +178,7 @@ def test_a_small_model_learns_real_text(tmp_path):
     import glob
     import json
 
-    from random_model import random_openai_variables, write_openai_model_dir
+    from tools.random_model import random_openai_variables, write_openai_model_dir
 
     paths = sorted(glob.glob("/usr/share/common-licenses/*"))
     if not paths:

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from files import check_room, disk_full, fsync_path, give_usual_permissions, synced
+from .files import check_room, disk_full, fsync_path, give_usual_permissions, synced
 
 CONVERTED_DIR = "npy"
 MANIFEST = "manifest.json"

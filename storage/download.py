@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 
-from files import check_room, disk_full, fsync_path, megabytes, sha256_of, synced
+from .files import check_room, disk_full, fsync_path, megabytes, sha256_of, synced
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds: to connect, and between two pieces of a response
 ATTEMPTS = 4  # tries of one file: failed connections, 5xx answers, and transfers that break off midway

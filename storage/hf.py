@@ -11,8 +11,9 @@ import os
 import re
 
 from encoder import read_encoder, read_tokenizer_json
-from files import synced
-from safetensors_file import SafetensorsError, read_header, read_tensors
+
+from .files import synced
+from .safetensors_file import SafetensorsError, read_header, read_tensors
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under HuggingFace's names
