@@ -6,7 +6,6 @@ out, and the interactive prompt. Every flag is checked before anything is loaded
 """
 
 import argparse
-import contextlib
 import difflib
 import json
 import math
@@ -19,8 +18,8 @@ import numpy as np
 
 import gpt2
 from gpt2 import END_OF_TEXT, check_whole_number, plural
-from storage.files import megabytes
-from utils import DEFAULT_MODELS_DIR
+from storage.files import JsonlError, read_jsonl, read_utf8
+from utils import DEFAULT_MODELS_DIR, check_model_name, check_model_size, check_models_dir, check_revision, load_model
 
 # Rows that decode together by default: more rows make more tokens per second, but the KV cache grows
 # with them (a row of 124M with its full context takes 75 MB, of 1558M 630 MB); 16 keeps a
@@ -32,9 +31,6 @@ MAX_SHOWN = 50  # --show_probs: candidates on one line, more than a learner read
 # Every GPT-2 has OpenAI's vocabulary, <|endoftext|> its last entry, and a context of 1024 tokens: the
 # flags are checked against these before a model is loaded (a smaller context, once it is).
 N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
-# Text read from a file or standard input: 100 MB is some 25 million tokens, far more than anyone
-# scores in one run, and `python gpt2.py - < /dev/zero` must not read until the memory runs out.
-MAX_INPUT_BYTES = 100_000_000
 
 
 class Run(argparse.Namespace):
@@ -43,21 +39,13 @@ class Run(argparse.Namespace):
 
     @property
     def sampling(self):  # the options of gpt2.generate and its kin
-        return {
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop_at_end_of_text": self.stop_at_end_of_text,
-        }
+        return {name: getattr(self, name) for name in ("temperature", "top_k", "top_p", "seed", "stop_at_end_of_text")}
 
     @property
     def model_name(self):
         return self.model or self.model_size or "124M"
 
     def load(self):
-        from utils import load_model
-
         self.encoder, self.hparams, self.params = load_model(self.model_name, self.models_dir, self.revision)
         self.n_head = self.hparams["n_head"]
 
@@ -85,36 +73,13 @@ def bar(fraction, width):
 def read_text(run):
     """The text to work on: the prompt, standard input if it is "-", or the file."""
     if run.file is not None:
-        return decode_utf8(read_bytes(run.file), run.file)
+        text = read_utf8(run.file)
+        if not text.strip() and not run.score:
+            raise ValueError(f'{run.file} holds no text to continue (for a fresh document, give the prompt "")')
+        return text
     if run.prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
-        return decode_utf8(read_bytes("-"), "standard input").removesuffix("\n").removesuffix("\r")
+        return read_utf8("-").removesuffix("\n").removesuffix("\r")
     return run.prompt
-
-
-def read_bytes(path):
-    """The bytes of a file, or of standard input for "-", read piece by piece so that Ctrl-C stops it,
-    and at most MAX_INPUT_BYTES of them."""
-    source = "standard input" if path == "-" else path
-    pieces, size = [], 0
-    try:
-        with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as f:
-            while piece := f.read(1 << 20):
-                size += len(piece)
-                if size > MAX_INPUT_BYTES:
-                    raise ValueError(
-                        f"{source} holds more than {megabytes(MAX_INPUT_BYTES)} of text, the most read at once"
-                    )
-                pieces.append(piece)
-    except OSError as e:
-        raise ValueError(f"cannot read {source}: {e.strerror}") from None
-    return b"".join(pieces)
-
-
-def decode_utf8(data, source):
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{source} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
 def print_generation(run, input_ids):
@@ -209,34 +174,6 @@ def scoring_ids(run, text):
 
 # JSON Lines: one JSON object per line in, one per result out, with the input's keys carried over, so
 # that an "id" stays with its result. Generation reads "prompt", scoring "text".
-
-
-class JsonlError(ValueError):
-    """A line of the JSON Lines input is not what it should be."""
-
-
-def read_jsonl(path, field):
-    """The objects of a JSON Lines file ("-": standard input), each checked to hold the text field.
-    Blank lines are skipped. A bad line stops everything with its line number, before any model work."""
-    source = "standard input" if path == "-" else path
-    records = []
-    for number, line in enumerate(decode_utf8(read_bytes(path), source).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise JsonlError(
-                f"{source} line {number}: not JSON: {e.msg.lower().removesuffix(' at')} at column {e.colno}"
-            ) from None
-        if not isinstance(record, dict):
-            raise JsonlError(f"{source} line {number}: not a JSON object but {type(record).__name__}")
-        if field not in record:
-            raise JsonlError(f'{source} line {number}: no "{field}" key')
-        if not isinstance(record[field], str):
-            raise JsonlError(f'{source} line {number}: "{field}" is not a string but {type(record[field]).__name__}')
-        records.append((number, record))
-    return source, records
 
 
 def write_jsonl(record):
@@ -366,20 +303,22 @@ class Parser(argparse.ArgumentParser):
         argument = re.match(r"argument (?:\S+/)?(\S+): (.*)", message)
         if argument and argument[2] == "expected one argument":
             message = f"{argument[1]} needs a value"
-        elif argument:
-            message = f"{argument[1]} {argument[2]}"
+        elif argument:  # "--seed must be a whole number", "--lr_schedule: invalid choice"
+            message = f"{argument[1]}{'' if argument[2].startswith('must') else ':'} {argument[2]}"
         raise UsageError(message)
 
     def parse(self, args, namespace=None, extra_positional=None):
         """The flags of args; an unknown flag is refused with the closest known one, an extra word with
-        extra_positional(word, the words before it) or argparse's own message."""
+        extra_positional(word, the options) or argparse's own message."""
         options, extras = self.parse_known_args(args, namespace)
         positional = [word for word in extras if not word.startswith("-") or word == "-"]
         for word in extras:
             if word.startswith("-") and word != "-":
                 raise UsageError(f"unknown flag {word.partition('=')[0]}{self.hint(word)}")
         if positional:
-            raise UsageError(extra_positional(positional[0], args) if extra_positional else f"unexpected {positional[0]!r}")
+            raise UsageError(
+                extra_positional(positional[0], options) if extra_positional else f"unexpected {positional[0]!r}"
+            )
         return options
 
     def hint(self, word):
@@ -450,6 +389,7 @@ def make_parser():
         "measure how well GPT-2 predicts the text instead.",
         epilog=EXAMPLES,
     )
+    # fmt: off
     text = parser.add_argument_group("the text")
     text.add_argument("prompt", nargs="?", metavar="PROMPT", help='the text to continue. "-" reads it from standard input (a pipe, or a file: - < notes.txt); "--" before a prompt that starts with "-". An empty prompt "" starts a fresh document, from <|endoftext|>.')
     text.add_argument("--file", metavar="PATH", help="read the text from this file (UTF-8) instead of the prompt (default: none)")
@@ -468,7 +408,7 @@ def make_parser():
     generation.add_argument("--seed", metavar="N", type=whole, help="a whole number that makes sampling repeatable: the same seed gives the same text (default: none, each run differs)")
     generation.add_argument("--stop_at_end_of_text", action=Switch, default=True, help="stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text goes on past it")
     generation.add_argument("--n_samples", metavar="N", type=whole, default=1, help='how many continuations of the prompt to make; each is printed whole under a header line "======== SAMPLE i ========". With a seed, the same command prints the same samples (default: %(default)s)')
-    generation.add_argument("--batch_size", metavar="N", type=whole, default=DEFAULT_BATCH_SIZE, help="how many continuations are made together, and with --serve how many requests: more is faster per token and takes more memory; the text is the same whatever it is (default: %(default)s)")
+    parser.add_argument_group("speed and memory").add_argument("--batch_size", metavar="N", type=whole, default=DEFAULT_BATCH_SIZE, help="how many continuations are made together, and with --serve how many requests: more is faster per token and takes more memory; the text is the same whatever it is (default: %(default)s)")
     generation.add_argument("--show_probs", metavar="N", type=whole, default=0, help=f"for learners: after each new token, show it and the model's N most likely candidates (at most {MAX_SHOWN}) with their probabilities, then the whole text. With --score, show each token of the text with the probability the model gave it and its surprisal (-log2 of it, in bits) (default: %(default)s)")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--score", action=Switch, help="instead of generating, print how well the model predicts the text: the mean negative log-likelihood per token and the perplexity (lower is better)")
@@ -478,13 +418,12 @@ def make_parser():
     serving.add_argument("--serve", action=Switch, help="load the model once and answer over HTTP until Ctrl-C: a page that shows the model at work (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions API at /v1/completions for the openai client and curl. Requests are decoded together, up to --batch_size of them, one that comes later joining the others; each brings its own options")
     serving.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="with --serve, the address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 opens it to the network (default: %(default)s)")
     serving.add_argument("--port", metavar="PORT", type=whole, default=8000, help="with --serve, the port to listen on; 0 takes any free one, printed at the start (default: %(default)s)")
+    # fmt: on
     return parser, {action.dest for group in (generation, scoring) for action in group._group_actions}
 
 
 def check_flags(run):
     """Every value, before anything is loaded or downloaded."""
-    from utils import check_model_name, check_model_size, check_models_dir, check_revision
-
     modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
     modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
     if run.serve:
@@ -545,12 +484,8 @@ def check_serving(run, modes):
     checked(check_whole_number, "port", run.port, 0, 65535)
 
 
-def several_words(word, args):
-    before = [a for a in args[: args.index(word)] if not a.startswith("-")][-1:]
-    return (
-        f"unexpected argument {word!r}: a prompt of several words goes in quotes, as in "
-        f"python gpt2.py {' '.join([*before, word])!r}"
-    )
+def several_words(word, run):  # a second word: the prompt was not quoted
+    return f"unexpected argument {word!r}: a prompt of several words goes in quotes, as in python gpt2.py {f'{run.prompt} {word}'!r}"
 
 
 PARSER, REQUEST_OPTIONS = make_parser()  # REQUEST_OPTIONS: the flags that a request to --serve brings itself

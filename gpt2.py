@@ -26,6 +26,8 @@ if sys.version_info < (3, 10):  # noqa: UP036 (one clear line for the Pythons be
 import numpy as np
 
 END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documents
+# Above this, logits / temperature are all but equal and every token about as likely as any other
+MAX_TEMPERATURE = 100
 
 
 def in_place(function, x):  # function(x), written over x where the array library allows it
@@ -62,7 +64,7 @@ def softmax(x):  # [..., n] -> [..., n], each row sums to 1
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
     # Means as sums over n_embd: on the one row of a generation step, the call to np.mean itself costs
-    # more than its arithmetic, and a step makes 25 of these calls.
+    # more than its arithmetic, and a step makes two of these calls per block.
     n_embd = x.shape[-1]
     centered = x - x.sum(axis=-1, keepdims=True) / n_embd  # each row minus its mean: [..., n_embd]
     variance = (centered * centered).sum(axis=-1, keepdims=True) / n_embd  # [..., 1]
@@ -221,47 +223,6 @@ def next_token(logits, uniform, temperature, top_k, top_p):  # [..., n_vocab], [
     if temperature == 0:
         return np.argmax(logits, axis=-1)  # greedy: the most likely next token
     return sample(filter_logits(logits, temperature, top_k, top_p), uniform)
-
-
-def check_whole_number(name, value, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        limits = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise ValueError(f"{name} must be a whole number {limits}, not {value!r}")
-
-
-def check_sampling(temperature, top_k, top_p, seed, n_vocab):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number of at least 0 (0 means greedy), not {temperature!r}")
-    check_whole_number("top_k", top_k, 0, n_vocab)
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be a number above 0 and at most 1, not {top_p!r}")
-    if seed is not None:
-        check_whole_number("seed", seed, 0)
-
-
-def check_prompt(inputs, n_tokens_to_generate, n_ctx):
-    """A prompt and the tokens asked for after it must fit the model's context."""
-    if len(inputs) == 0:
-        raise ValueError(
-            f"inputs must hold at least one token (an empty prompt starts from <|endoftext|>, {END_OF_TEXT})"
-        )
-    if len(inputs) + n_tokens_to_generate > n_ctx:
-        raise ValueError(
-            f"the prompt has {plural(len(inputs), 'token')} and {n_tokens_to_generate} more were asked for: "
-            f"{len(inputs) + n_tokens_to_generate} is more than the model's context of {n_ctx} tokens"
-        )
-
-
-def check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
-    """Every prompt and option, before any work."""
-    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
-    for inputs in prompts:
-        check_prompt(inputs, n_tokens_to_generate, n_ctx=len(params["wpe"]))
-    check_sampling(temperature, top_k, top_p, seed, n_vocab=len(params["wte"]))
-
-
-def plural(n, noun):  # "1 token", "2 tokens"
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def generate_stream(
@@ -433,6 +394,63 @@ def score(inputs, params, n_head, stride=None):
     """Mean negative log-likelihood, in nats per scored token, of a list of token ids; exp of it
     is the perplexity. stride: where windows start, n_ctx (no overlap) if None."""
     return float(np.nanmean(token_nlls(inputs, params, n_head, stride)))
+
+
+# Checks of what the functions above are given: a mistake is one clear ValueError before any work.
+
+
+def check_whole_number(name, value, low, high=None, show=repr):  # show: how the message writes the value
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        limits = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"{name} must be a whole number {limits}, not {show(value)}")
+
+
+def check_number(name, value, low, high=None, low_open=False, high_open=False, show=repr):
+    """A finite number from low to high, either end left out if open."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not (value > low if low_open else value >= low)
+        or (high is not None and not (value < high if high_open else value <= high))
+    ):
+        limits = f"above {low}" if low_open else f"at least {low}"
+        if high is not None:
+            limits += f" and {'below' if high_open else 'at most'} {high}"
+        raise ValueError(f"{name} must be a number {limits}, not {show(value)}")
+
+
+def check_sampling(temperature, top_k, top_p, seed, n_vocab):
+    check_number("temperature", temperature, 0, MAX_TEMPERATURE)
+    check_whole_number("top_k", top_k, 0, n_vocab)
+    check_number("top_p", top_p, 0, 1, low_open=True)
+    if seed is not None:
+        check_whole_number("seed", seed, 0)
+
+
+def check_prompt(inputs, n_tokens_to_generate, n_ctx):
+    """A prompt and the tokens asked for after it must fit the model's context."""
+    if len(inputs) == 0:
+        raise ValueError(
+            f"inputs must hold at least one token (an empty prompt starts from <|endoftext|>, {END_OF_TEXT})"
+        )
+    if len(inputs) + n_tokens_to_generate > n_ctx:
+        raise ValueError(
+            f"the prompt has {plural(len(inputs), 'token')} and {n_tokens_to_generate} more were asked for: "
+            f"{len(inputs) + n_tokens_to_generate} is more than the model's context of {n_ctx} tokens"
+        )
+
+
+def check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed):
+    """Every prompt and option, before any work."""
+    check_whole_number("n_tokens_to_generate", n_tokens_to_generate, 1)
+    for inputs in prompts:
+        check_prompt(inputs, n_tokens_to_generate, n_ctx=len(params["wpe"]))
+    check_sampling(temperature, top_k, top_p, seed, n_vocab=len(params["wte"]))
+
+
+def plural(n, noun):  # "1 token", "2 tokens"
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 if __name__ == "__main__":

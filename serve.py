@@ -57,28 +57,24 @@ class BadRequest(ValueError):
 # What a completion request may hold: its type check, and its default.
 
 
-def whole(low, high):
-    def check(name, value):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise BadRequest(f"{name} must be a whole number from {low} to {high}, not {json.dumps(value)}", name)
+def as_request_check(check, *bounds, **options):  # one of gpt2.py's checks, its error a BadRequest
+    def request_check(name, value):
+        try:
+            check(name, value, *bounds, **options, show=json.dumps)
+        except ValueError as e:
+            raise BadRequest(str(e), name) from None
         return value
 
-    return check
+    return request_check
+
+
+def whole(low, high):
+    return as_request_check(gpt2.check_whole_number, low, high)
 
 
 def number(low, high, low_open=False):
-    def check(name, value):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not low <= value <= high
-            or (low_open and value == low)
-        ):
-            bounds = f"above {low}" if low_open else f"at least {low}"
-            raise BadRequest(f"{name} must be a number {bounds} and at most {high}, not {json.dumps(value)}", name)
-        return float(value)
-
-    return check
+    check = as_request_check(gpt2.check_number, low, high, low_open=low_open)
+    return lambda name, value: float(check(name, value))
 
 
 def boolean(name, value):

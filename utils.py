@@ -24,7 +24,17 @@ from storage.files import sha256_of
 from storage.hub import check_revision
 from storage.model_folder import expected_shapes, model_lock, nest
 
-MODEL_SIZES = ("124M", "355M", "774M", "1558M")
+# OpenAI's four models, as their hparams.json files give them
+MODEL_HPARAMS = {
+    size: {"n_vocab": 50257, "n_ctx": 1024, "n_embd": n_embd, "n_head": n_head, "n_layer": n_layer}
+    for size, n_layer, n_embd, n_head in (
+        ("124M", 12, 768, 12),
+        ("355M", 24, 1024, 16),
+        ("774M", 36, 1280, 20),
+        ("1558M", 48, 1600, 25),
+    )
+}
+MODEL_SIZES = tuple(MODEL_HPARAMS)
 FILES = (
     "checkpoint",
     "encoder.json",
@@ -42,7 +52,9 @@ TOKENIZER_SHA256 = {  # the same two files serve every model size
 }
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"  # GPT2_BASE_URL overrides it
 # Where models are kept unless --models_dir says otherwise: the same folder wherever the program runs
-DEFAULT_MODELS_DIR = os.environ.get("GPT2_MODELS_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+DEFAULT_MODELS_DIR = os.environ.get("GPT2_MODELS_DIR") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "models"
+)
 
 
 def check_models_dir(models_dir):
@@ -210,5 +222,3 @@ def load_model(name_or_path, models_dir=DEFAULT_MODELS_DIR, revision="main"):
             with model_lock(folder):
                 hub.download_from_hub(name_or_path, revision, folder)
     return hub.load_hf_folder(folder, work_dir, name_or_path)
-
-

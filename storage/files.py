@@ -1,13 +1,16 @@
-"""Files that survive interruptions, full disks and power cuts, for download.py and npy_copy.py.
+"""Files that survive interruptions, full disks and power cuts; and the user's text, read with care.
 
 A file is written under a temporary name, synced to disk, then renamed to its final name: a reader
 never sees a half-written file under the final name, and after a power cut the name points at
 complete data. A disk that fills up ends in one line that says where, how much, and what was kept.
 """
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
+import sys
 
 
 class DiskFull(OSError):
@@ -59,3 +62,75 @@ def sha256_of(path):
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# Reading the user's text: at most MAX_INPUT_BYTES, UTF-8 checked, JSON Lines line by line.
+
+# 100 MB is some 25 million tokens, far more than anyone scores or trains on at once, and
+# `python gpt2.py - < /dev/zero` must not read until the memory runs out.
+MAX_INPUT_BYTES = 100_000_000
+
+
+def read_bytes(path):
+    """The bytes of a file, or of standard input for "-", read piece by piece so that Ctrl-C stops it,
+    and at most MAX_INPUT_BYTES of them."""
+    source = "standard input" if path == "-" else path
+    pieces, size = [], 0
+    try:
+        with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                size += len(piece)
+                if size > MAX_INPUT_BYTES:
+                    raise ValueError(
+                        f"{source} holds more than {megabytes(MAX_INPUT_BYTES)} of text, the most read at once"
+                    )
+                pieces.append(piece)
+    except OSError as e:
+        raise ValueError(f"cannot read {source}: {e.strerror}") from None
+    return b"".join(pieces)
+
+
+class NotUTF8(UnicodeDecodeError, ValueError):
+    """A file that is not UTF-8 text, with a message that names it and the first bad byte."""
+
+    def __str__(self):
+        return f"{self.source} is not UTF-8 text (byte {self.object[self.start]:#04x} at offset {self.start})"
+
+
+def read_utf8(path):
+    """The text of a UTF-8 file ("-": standard input)."""
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        error = NotUTF8(e.encoding, e.object, e.start, e.end, e.reason)
+        error.source = "standard input" if path == "-" else path
+        raise error from None
+
+
+class JsonlError(ValueError):
+    """A line of a JSON Lines file is not what it should be."""
+
+
+def read_jsonl(path, field):
+    """The objects of a JSON Lines file ("-": standard input) as (line number, object), each checked to
+    hold the text field. Blank lines are skipped. A bad line stops everything with its number."""
+    source = "standard input" if path == "-" else path
+    records = []
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JsonlError(
+                f"{source} line {number}: not JSON: {e.msg.lower().removesuffix(' at')} at column {e.colno}"
+            ) from None
+        if not isinstance(record, dict):
+            raise JsonlError(f"{source} line {number}: not a JSON object but {type(record).__name__}")
+        if field not in record:
+            raise JsonlError(f'{source} line {number}: no "{field}" key')
+        if not isinstance(record[field], str):
+            raise JsonlError(f'{source} line {number}: "{field}" is not a string but {type(record[field]).__name__}')
+        records.append((number, record))
+    return source, records

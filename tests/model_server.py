@@ -38,10 +38,12 @@ class ModelServer:
 
 class FileHandler(http.server.BaseHTTPRequestHandler):
     """Modes: ok; 404; 500_twice (500 to the first two requests); slow (1 s before answering);
-    garbage (other bytes than the file); ignore_range (always the whole file, status 200); short
-    (half of what Content-Length announces, then the connection closes); drop_once (short, the first
-    time only); throttle (64 KiB every 5 ms); etag (the file's sha256 as its ETag, as the HuggingFace hub
-    sends for large files); etag_wrong (another sha256 as the ETag)."""
+        garbage (other bytes than the file); ignore_range (always the whole file, status 200); short
+        (half of what Content-Length announces, then the connection closes); drop_once (short, the first
+        time only); throttle (64 KiB every 5 ms); etag (the file's sha256 as its ETag, as the HuggingFace hub
+        sends for large files); etag_wrong (another sha256 as the ETag); redirect_etag_wrong (a 302 to the
+    file that carries another sha256 as X-Linked-Etag, as the hub's redirect to its storage does, and
+    the file itself sent without one)."""
 
     def __init__(self, state, *args, **kwargs):
         self.state = state
@@ -51,16 +53,23 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):  # noqa: N802
-        name = self.path.rsplit("/", 1)[-1]
+        name = self.path.rsplit("/", 1)[-1].removesuffix("?stored")
         with self.state.lock:
             self.state.requests.append((self.path, dict(self.headers)))
         n_hits = len(self.state.hits(name))
         mode = self.state.modes.get(name, "ok")
-        path = os.path.join(self.state.root, self.path.lstrip("/"))
+        path = os.path.join(self.state.root, self.path.lstrip("/").removesuffix("?stored"))
         if mode == "404" or not os.path.isfile(path):
             return self.send_error(404)
         if mode == "500_twice" and n_hits <= 2:
             return self.send_error(500)
+        if mode == "redirect_etag_wrong" and not self.path.endswith("?stored"):
+            self.send_response(302)
+            self.send_header("Location", f"{self.path}?stored")
+            self.send_header("X-Linked-Etag", f'"{"0" * 64}"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if mode == "slow":
             time.sleep(1)
         with open(path, "rb") as f:

@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import PROMPT, REPO_DIR, SMALL_HPARAMS, assert_same_params, cli, load
+from helpers import PROMPT, REPO_DIR, SMALL_HPARAMS, assert_same_params, cli, load, needs
 
 import utils
 from storage import checkpoint
 from tools.random_model import import_tensorflow, random_openai_variables, write_openai_model_dir
 
+needs("tensorflow")  # the reference reader, and the writer of every checkpoint here
 DATA = utils.CHECKPOINT_DATA
 # GPT-2 124M's 148 tensor names (12 layers) on a tiny body, so that the test writes kilobytes
 NAMES_124M = {"n_vocab": 300, "n_ctx": 16, "n_embd": 8, "n_head": 2, "n_layer": 12}
@@ -165,3 +166,18 @@ def test_bad_index_in_the_cli_says_so_and_fetches_it_again(damaged_copy, monkeyp
         == "model.ckpt.index is not a checkpoint index (no magic number at its end): downloading the checkpoint again"
     )
     assert lines[-1].startswith(f"error: could not copy {damaged_copy}/nowhere/124M/")  # (GPT2_BASE_URL has no copy)
+
+
+def test_a_tensor_that_is_not_float32_is_refused(tmp_path):
+    """An int32 variable in the checkpoint: its bytes would read as float32 numbers without a word."""
+    tf = import_tensorflow()
+    prefix = str(tmp_path / "model.ckpt")
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=["model/wte"],
+        shape_and_slices=[""],
+        tensors=[tf.constant([[1, 2], [3, 4]], dtype=tf.int32)],
+    )
+    assert tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()["model/wte"] == tf.int32
+    with pytest.raises(checkpoint.CheckpointError, match="not float32"):
+        list(checkpoint.read_tensors(prefix))

@@ -21,6 +21,7 @@ from helpers import (
 )
 
 import cli as cli_module
+from storage import files
 
 
 @pytest.mark.parametrize("script", ["gpt2.py", "gpt2_pico.py"])
@@ -87,6 +88,13 @@ def test_prompt_from_stdin(small_models_dir, capsys):
         assert result.stdout == expected
 
 
+def test_a_crlf_line_on_stdin_is_the_prompt_without_its_line_end(small_models_dir, capsys):
+    """`echo text |` on Windows, or a file saved there, ends the line with \\r\\n."""
+    expected = cli(capsys, "Hello", "-n", "4", "--models_dir", str(small_models_dir))
+    result = run_gpt2("-", "-n", "4", "--models_dir", str(small_models_dir), stdin=b"Hello\r\n")
+    assert result.returncode == 0 and result.stdout == expected.stdout
+
+
 def test_non_utf8_stdin(small_models_dir):
     result = run_gpt2("-", "--models_dir", str(small_models_dir), stdin=b"caf\xe9 au lait")
     assert_clean_error(result, "not UTF-8", "0xe9")
@@ -95,7 +103,7 @@ def test_non_utf8_stdin(small_models_dir):
 def test_endless_stdin_is_refused_at_the_limit(small_models_dir, monkeypatch, capsys):
     """`python gpt2.py - < /dev/zero` stops with one line once the limit is read, instead of reading
     until the memory runs out."""
-    monkeypatch.setattr(cli_module, "MAX_INPUT_BYTES", 5_000_000)
+    monkeypatch.setattr(files, "MAX_INPUT_BYTES", 5_000_000)
     with open("/dev/zero", "rb") as zeros:
         monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": zeros})())
         result = cli(capsys, "-", "--models_dir", str(small_models_dir))

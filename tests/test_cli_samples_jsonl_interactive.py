@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +195,29 @@ def test_bad_batch_flags(tmp_path, capsys, args, fragment):
     assert_clean_error(result, fragment)
     assert result.returncode == (1 if "missing" in fragment else 2)
     assert os.listdir(tmp_path) == []  # refused before anything was loaded or downloaded
+
+
+def test_each_jsonl_result_is_flushed_as_its_line_ends(small_models_dir, tmp_path, monkeypatch):
+    """A reader of the output (a pipe) gets each result as soon as it is made, not at the end."""
+    import cli as cli_module
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Hello", "Once upon a time", "1, 2, 3")))
+    events = []
+
+    class Recorder:
+        def write(self, text):
+            events.append(("write", text))
+
+        def flush(self):
+            events.append(("flush",))
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    cli_module.run_command_line(
+        ["--jsonl", str(path), "-n", "3", "--models_dir", str(small_models_dir), "--batch_size", "1"]
+    )
+    writes = [i for i, event in enumerate(events) if event[0] == "write"]
+    assert len("".join(events[i][1] for i in writes).splitlines()) == 3
+    for i in writes:
+        if events[i][1].endswith("\n"):
+            assert events[i + 1] == ("flush",), events

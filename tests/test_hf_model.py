@@ -9,7 +9,16 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import PROMPT, SMALL_HPARAMS, assert_clean_error, assert_same_params, cli, closed_port_url, hf_greedy_text
+from helpers import (
+    HPARAMS_124M,
+    PROMPT,
+    SMALL_HPARAMS,
+    assert_clean_error,
+    assert_same_params,
+    cli,
+    closed_port_url,
+    hf_greedy_text,
+)
 
 import gpt2
 import utils
@@ -91,7 +100,7 @@ def test_the_124M_shape(tmp_path):
     model = hf_random_model()  # GPT2Config's defaults: 124M
     folder = write_hf_model_dir(model, str(tmp_path / "gpt2"))
     _, hparams, params = utils.load_model(folder, str(tmp_path / "models"))
-    assert hparams == {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+    assert hparams == HPARAMS_124M
     assert params["wte"].flags.f_contiguous  # laid out as OpenAI's converted copies
     check_against_hf(model, params, hparams, np.random.RandomState(4).randint(0, 50257, 30).tolist(), 8)
 
@@ -273,6 +282,42 @@ def test_a_tokenizer_json_alone_is_read(folder_copy, tmp_path, tiktoken_gpt2):
     assert encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
+def test_tokenizer_json_merges_as_pairs_are_read(folder_copy, tmp_path, tiktoken_gpt2):
+    """Newer versions of HuggingFace's tokenizers write each merge as a pair, ["a", "b"], not "a b"."""
+    vocabulary = json.loads((folder_copy / "vocab.json").read_text(encoding="utf-8"))
+    merges = [line.split(" ") for line in (folder_copy / "merges.txt").read_text(encoding="utf-8").split("\n")[1:-1]]
+    (folder_copy / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "BPE", "vocab": vocabulary, "merges": merges}})
+    )
+    (folder_copy / "vocab.json").unlink()
+    (folder_copy / "merges.txt").unlink()
+    encoder, _, _ = utils.load_model(str(folder_copy), str(tmp_path / "models"))
+    text = "Not all heroes wear capes. 日本語 🤗"
+    assert encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_weights_changed_in_place_are_converted_again(folder_copy, tmp_path):
+    """A run folder trained further keeps its header (the same names, shapes and offsets): loaded
+    again, it gives the new weights, not the old converted copy."""
+    from storage import safetensors_file
+
+    _, _, before = utils.load_model(str(folder_copy), str(tmp_path / "models"))
+    before = np.array(before["wte"])
+    weights = str(folder_copy / "model.safetensors")
+    tensors = {name: np.array(array) + np.float32(0.5) for name, array in safetensors_file.read_tensors(weights)}
+    safetensors_file.write(weights, tensors)
+    _, _, after = utils.load_model(str(folder_copy), str(tmp_path / "models"))
+    np.testing.assert_array_equal(after["wte"], before + np.float32(0.5))
+
+
+def test_a_config_that_spells_out_n_inner_is_read(folder_copy, tmp_path):
+    config = json.loads((folder_copy / "config.json").read_text())
+    config["n_inner"] = 4 * config["n_embd"]  # what the default None means, written out
+    (folder_copy / "config.json").write_text(json.dumps(config))
+    _, hparams, _ = utils.load_model(str(folder_copy), str(tmp_path / "models"))
+    assert hparams["n_embd"] == config["n_embd"]
+
+
 def test_a_read_only_folder_is_never_written_into(small_hf_folder, tmp_path):
     before = sorted(os.listdir(small_hf_folder))
     os.chmod(small_hf_folder, 0o555)
@@ -332,6 +377,9 @@ def test_hub_faults(hub, tmp_path):
     with pytest.raises(OSError, match="is not the expected model.safetensors \\(its sha256 differs\\)"):
         utils.load_model("someone/tiny-gpt2", str(tmp_path / "other"))
     assert not (tmp_path / "other" / "hf" / "someone--tiny-gpt2@main" / "model.safetensors").exists()
+    hub.modes["model.safetensors"] = "redirect_etag_wrong"  # the hub vouches on the redirect
+    with pytest.raises(OSError, match="is not the expected model.safetensors \\(its sha256 differs\\)"):
+        utils.load_model("someone/tiny-gpt2", str(tmp_path / "third"))
 
 
 def test_hub_model_without_safetensors_or_merges(hub, tmp_path):

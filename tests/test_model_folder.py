@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO_DIR, SMALL_HPARAMS, assert_same_params, load
+from helpers import HPARAMS_124M, REPO_DIR, SMALL_HPARAMS, assert_same_params, load
 
 import utils
 from storage import npy_copy
 
 
 def test_124M_has_the_published_parameter_count():
-    hparams = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+    hparams = HPARAMS_124M
     assert sum(np.prod(shape) for shape in utils.expected_shapes(hparams).values()) == 124_439_808
 
 

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from helpers import PROMPT, PROMPT_IDS, REPO_DIR
+from helpers import HPARAMS_124M, PROMPT, PROMPT_IDS, REPO_DIR
 
 import cli
 import gpt2
@@ -14,7 +14,6 @@ MODELS_DIR = os.path.join(REPO_DIR, "models")
 MODEL_DIR = os.path.join(MODELS_DIR, "124M")
 # What OpenAI's 124M release is known to hold, checkable offline: its hparams.json, and a data file of
 # 124,439,808 float32 values. (The tokenizer files' sha256 are checked by every load.)
-HPARAMS_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
 DATA_BYTES_124M = 497_759_232
 
 

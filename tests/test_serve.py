@@ -260,6 +260,32 @@ def test_tokenize_gives_openais_ids(server, tiktoken_gpt2):
     assert status == 200 and [t["id"] for t in answer["tokens"]] == tiktoken_gpt2.encode(PROMPT + " 🤗")
 
 
+def test_tokenize_refuses_unknown_fields(server):
+    status, answer = post(f"{server[0]}/v1/tokenize", json.dumps({"prompt": PROMPT, "n": 1}).encode())
+    assert status == 400 and answer["error"]["message"] == "Unrecognized request argument supplied: n"
+
+
+def test_a_request_that_exactly_fits_the_context_is_answered(client, tiktoken_gpt2):
+    n_prompt = len(tiktoken_gpt2.encode(PROMPT))
+    request = {"model": MODEL, "prompt": PROMPT, "temperature": 0, "stop": None}
+    whole = client.completions.create(max_tokens=SMALL_HPARAMS["n_ctx"] - n_prompt, **request).choices[0]
+    assert whole.finish_reason == "length"
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 64 tokens"):
+        client.completions.create(max_tokens=SMALL_HPARAMS["n_ctx"] - n_prompt + 1, **request)
+
+
+def test_a_token_that_starts_with_the_stop_string_has_no_logprobs(client):
+    """The stop string is the whole text of a token: that token, and its logprobs, are left out."""
+    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, logprobs=0).choices[0]
+    tokens, offsets = whole.logprobs.tokens, whole.logprobs.text_offset
+    k = next(k for k in range(3, len(tokens)) if tokens[k].strip() and whole.text.find(tokens[k]) == offsets[k])
+    stopped = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, logprobs=0, stop=tokens[k]
+    ).choices[0]
+    assert (stopped.text, stopped.finish_reason) == (whole.text[: offsets[k]], "stop")
+    assert stopped.logprobs.tokens == tokens[:k] and stopped.logprobs.text_offset == offsets[:k]
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits_143(small_models_dir):
     process = start_gpt2("--serve", "--port", "0", "--models_dir", str(small_models_dir))
     try:
@@ -293,6 +319,31 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_143(small_models_dir)
 def test_serve_usage_mistakes_exit_2(capsys, args, message):
     result = cli(capsys, *args)
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("-n", "5"),
+        ("--temperature", "0.5"),
+        ("--top_k", "3"),
+        ("--top_p", "0.5"),
+        ("--seed", "1"),
+        ("--nostop_at_end_of_text",),
+        ("--show_probs", "2"),
+        ("--n_samples", "2"),
+        ("--score",),
+        ("--stride", "3"),
+        ("--prepend_end_of_text",),
+    ],
+)
+def test_serve_refuses_every_option_that_a_request_brings(capsys, flag):
+    import cli as cli_module
+
+    name = flag[0].lstrip("-").removeprefix("no") if flag[0] != "-n" else "n_tokens_to_generate"
+    assert name in cli_module.REQUEST_OPTIONS
+    result = cli(capsys, "--serve", *flag)
+    assert result.returncode == 2 and f"--{name} is not for --serve" in result.stderr, result.stderr
 
 
 def test_a_port_in_use_fails_at_once(capsys, small_models_dir):
@@ -413,6 +464,30 @@ def test_a_failure_of_the_model_costs_its_requests_not_the_server(in_process, mo
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3)
     assert "the model failed on this request: MemoryError: no memory left" in caught.value.message
     assert client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3).choices[0].finish_reason == "length"
+
+
+def test_a_failure_after_a_request_joined_fails_the_newcomer_too(in_process, monkeypatch):
+    """B joins A's running batch; the next step fails: both requests get the error, neither hangs."""
+    import gpt2
+
+    url, _ = in_process
+    prefill, step, prefills = gpt2.prefill_rows, gpt2.gpt2_cached, []
+    monkeypatch.setattr(gpt2, "prefill_rows", lambda *args, **kwargs: (prefills.append(1), prefill(*args, **kwargs))[1])
+
+    def slow_then_failing(*args, **kwargs):
+        time.sleep(0.03)
+        if len(prefills) >= 2 and kwargs.get("pad") is not None:  # a step of the batch B has joined
+            raise MemoryError("no memory left")
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(gpt2, "gpt2_cached", slow_then_failing)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=20)
+    stream = client.completions.create(model=MODEL, prompt="Hello", max_tokens=40, temperature=0, stream=True)
+    next(iter(stream))  # A is running
+    with pytest.raises(openai.InternalServerError, match="no memory left"):
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5)
+    with pytest.raises(openai.APIError, match="no memory left"):
+        list(stream)
 
 
 def test_a_request_joins_the_batch_that_is_running(in_process, monkeypatch):

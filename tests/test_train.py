@@ -9,6 +9,7 @@ from helpers import N_HEAD, SMALL_HPARAMS
 
 import gpt2
 import train
+import trainer
 
 
 def random_batch(seed, n_batch, n_seq):
@@ -62,6 +63,51 @@ def test_every_gradient_equals_pytorchs_autograd(hf_small, small_params):
     theirs = {ours_path(name): g for name, g in hf_grads.items()}
     assert len(theirs) == 4 + 12 * SMALL_HPARAMS["n_layer"]  # every weight (wte once: lm_head is tied to it)
     assert_close_per_tensor(grads, theirs)
+
+
+def test_a_token_that_comes_again_collects_every_gradient(hf_small, small_params):
+    """wte's rows of the tokens that occur several times in a batch: one gradient for each place."""
+    batch = np.random.RandomState(2).randint(0, 6, (2, 30))  # six ids in sixty places
+    _, grads = train.loss_and_grads(small_params, batch, N_HEAD)
+    _, hf_grads = hf_loss_and_grads(hf_small, batch)
+    assert_close_per_tensor(
+        grads, {("wte",): hf_grads["transformer.wte.weight"], ("wpe",): hf_grads["transformer.wpe.weight"]}
+    )
+
+
+def test_micro_batches_accumulate_to_the_gradient_of_their_whole_batch(small_params):
+    """--grad_accum: two micro-batches of 2 give one batch of 4's loss and gradients."""
+    batch = random_batch(3, 4, 24)
+    loss, grads = train.loss_and_grads(small_params, batch, N_HEAD)
+    accumulated_loss, accumulated = trainer.accumulated_grads(small_params, [batch[:2], batch[2:]], N_HEAD)
+    assert abs(accumulated_loss - loss) <= 1e-5 * loss
+    assert_close_per_tensor(accumulated, dict(train.leaves(grads)), tolerance=1e-5)
+
+
+def test_the_learning_rate_warms_up_then_follows_the_cosine_after_warm_up():
+    """nanoGPT's schedule: linear to the peak over the warm-up steps, then half a cosine from the peak
+    to the floor (a tenth) over the steps that are left; the decay is measured from the warm-up's end."""
+    peak, warmup, total = 1e-3, 100, 1100
+    assert train.learning_rate_at(50, peak, warmup, "cosine", total) == pytest.approx(peak / 2)
+    assert train.learning_rate_at(warmup, peak, warmup, "cosine", total) == pytest.approx(peak)
+    assert train.learning_rate_at(warmup + 500, peak, warmup, "cosine", total) == pytest.approx((peak + peak / 10) / 2)
+    assert train.learning_rate_at(total, peak, warmup, "cosine", total) == pytest.approx(peak / 10)
+    assert train.learning_rate_at(warmup + 500, peak, warmup, "constant", total) == peak
+
+
+def test_the_token_cache_tells_two_tokenizers_of_one_size_apart(encoder, tmp_path):
+    """Two tokenizers with the same number of entries give other ids: each its own cached ids."""
+    import copy
+
+    other = copy.deepcopy(encoder)
+    a, b = other.encoder["Hello"], other.encoder["\u0120world"]  # " world" in byte-level symbols
+    other.encoder["Hello"], other.encoder["\u0120world"] = b, a  # the same vocabulary, two ids swapped
+    other.decoder, other.cache = {i: token for token, i in other.encoder.items()}, {}
+    documents = ["Hello world, Hello world"]
+    first = trainer.tokenize(documents, encoder, str(tmp_path))
+    second = trainer.tokenize(documents, other, str(tmp_path))
+    assert first.tolist() == [*encoder.encode(documents[0]), gpt2.END_OF_TEXT]
+    assert second.tolist() == [*other.encode(documents[0]), gpt2.END_OF_TEXT] != first.tolist()
 
 
 def test_gradient_equals_jax_grad_of_lm_loss(small_params):
@@ -189,7 +235,7 @@ def test_a_small_model_learns_real_text(tmp_path):
     write_openai_model_dir(str(tmp_path / "models" / "124M"), hparams, random_openai_variables(hparams, 0))
     args = [str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"), "--out", str(tmp_path / "run")]
     args += ["--steps", "100", "--block_size", "64", "--batch_size", "4", "--learning_rate", "6e-3"]
-    train.main([*args, "--warmup_steps", "10", "--eval_every", "100", "--sample_every", "0", "--save_every", "100"])
+    trainer.main([*args, "--warmup_steps", "10", "--eval_every", "100", "--sample_every", "0", "--save_every", "100"])
     (tokens_path,) = glob.glob(str(tmp_path / "models" / "tokens" / "*.npy"))
     ids = np.load(tokens_path)
     counts = np.bincount(ids[: int(len(ids) * 0.95)]).astype(np.float64)  # the training part (--val_fraction 0.05)
@@ -227,6 +273,8 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_same_weights(small_ru
     assert "saved in" in stderr and "Traceback" not in stderr
     stopped_at = __import__("json").loads((small_run / "cut" / "state.json").read_text())["step"]
     assert 0 < stopped_at < 40
+    logged = (small_run / "cut" / "log.jsonl").read_text().splitlines()
+    assert __import__("json").loads(logged[-1])["step"] == stopped_at  # the step under way was saved, not lost
     again = subprocess.run(command, cwd=REPO_DIR, capture_output=True, text=True)
     assert again.returncode == 0 and f"resuming the run in {small_run / 'cut'} at step {stopped_at}" in again.stderr
     for name in ("model.safetensors", "optimizer.safetensors"):
@@ -237,8 +285,8 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
     import os
 
     out = small_run / "run"
-    train.main([*train_args(small_run, "--steps", "2", "--save_every", "1"), "--out", str(out)])
-    before = {name: (out / name).read_bytes() for name in train.RUN_FILES}
+    trainer.main([*train_args(small_run, "--steps", "2", "--save_every", "1"), "--out", str(out)])
+    before = {name: (out / name).read_bytes() for name in trainer.RUN_FILES}
     replace = os.replace
 
     def power_cut_before_commit(source, target):
@@ -248,22 +296,22 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
 
     monkeypatch.setattr(os, "replace", power_cut_before_commit)
     with pytest.raises(SystemExit):
-        train.main([*train_args(small_run, "--steps", "4", "--save_every", "1"), "--out", str(out)])  # resumes
+        trainer.main([*train_args(small_run, "--steps", "4", "--save_every", "1"), "--out", str(out)])  # resumes
     monkeypatch.setattr(os, "replace", replace)
     assert any(name.endswith(".partial") for name in os.listdir(out))
-    train.finish_save(str(out))  # what the next start does first
-    assert {name: (out / name).read_bytes() for name in train.RUN_FILES} == before
+    trainer.finish_save(str(out))  # what the next start does first
+    assert {name: (out / name).read_bytes() for name in trainer.RUN_FILES} == before
     assert not any(name.endswith(".partial") for name in os.listdir(out))
 
 
 def test_a_run_starts_from_another_run_folder_given_as_model(small_run):
     """--model RUN starts from that run's weights: one step at learning rate 0 keeps them as they are."""
     first, second = small_run / "first", small_run / "second"
-    train.main([*train_args(small_run, "--steps", "2", "--learning_rate", "1e-2"), "--out", str(first)])
-    train.main(
+    trainer.main([*train_args(small_run, "--steps", "2", "--learning_rate", "1e-2"), "--out", str(first)])
+    trainer.main(
         [*train_args(small_run, "--steps", "1", "--learning_rate", "0"), "--model", str(first), "--out", str(second)]
     )
-    trained, started = train.load_run_params(str(first)), train.load_run_params(str(second))
+    trained, started = trainer.load_run_params(str(first)), trainer.load_run_params(str(second))
     for (path, a), (_, b) in zip(train.leaves(trained), train.leaves(started)):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
 
@@ -276,8 +324,8 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
     import utils
 
     out = small_run / "run"
-    train.main([*train_args(small_run, "--steps", "3", "--learning_rate", "1e-2"), "--out", str(out)])
-    params = train.load_run_params(str(out))
+    trainer.main([*train_args(small_run, "--steps", "3", "--learning_rate", "1e-2"), "--out", str(out)])
+    params = trainer.load_run_params(str(out))
     _, hparams, loaded = utils.load_model(str(out), str(small_run / "models"))
     ids = random_batch(7, 1, 30)[0].tolist()
     ours = gpt2.gpt2(ids, **loaded, n_head=hparams["n_head"])
@@ -294,10 +342,10 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
     [
         (lambda d: (d / "empty.txt").write_text("  \n"), "no text in"),
         (lambda d: (d / "short.txt").write_text("Hello there."), "not more than one window of --block_size 32"),
-        (lambda d: (d / "latin1.txt").write_bytes(b"caf\xe9"), "latin1.txt is not UTF-8 text (at byte offset 3)"),
+        (lambda d: (d / "latin1.txt").write_bytes(b"caf\xe9"), "latin1.txt is not UTF-8 text (byte 0xe9 at offset 3)"),
         (
             lambda d: (d / "docs.jsonl").write_text('{"text": "a"}\n{"text": 3}\n'),
-            'docs.jsonl line 2: not an object with a "text" string',
+            'docs.jsonl line 2: "text" is not a string but int',
         ),
         (lambda d: (d / "docs.jsonl").write_text('{"text": "a"\n'), "docs.jsonl line 1: not JSON"),
     ],
@@ -312,20 +360,43 @@ def test_bad_data_is_refused_with_its_file_and_line(small_run, capsys, write, me
     write(data)
     models = small_run / "models" if "window" in message else small_run / "no models"
     with pytest.raises(SystemExit) as stopped:
-        train.main([str(data), "--models_dir", str(models), "--out", str(small_run / "run"), "--block_size", "32"])
+        trainer.main(
+            [
+                str(next(data.iterdir())),
+                "--models_dir",
+                str(models),
+                "--out",
+                str(small_run / "run"),
+                "--block_size",
+                "32",
+            ]
+        )
     result = Result(stopped.value.code, *capsys.readouterr())
     assert_clean_error(result, message)
     assert result.returncode == 1
     assert not (small_run / "no models").exists()
 
 
+def test_a_data_folder_leaves_out_hidden_files_and_files_that_are_not_text(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("first")
+    (tmp_path / "notes" / "sub").mkdir()
+    (tmp_path / "notes" / "sub" / "b.md").write_text("second")
+    (tmp_path / "notes" / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    (tmp_path / "notes" / ".git").mkdir()
+    (tmp_path / "notes" / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (tmp_path / "notes" / ".DS_Store").write_bytes(b"\x00\x01")
+    assert trainer.read_documents([str(tmp_path / "notes")]) == ["first", "second"]
+    assert "skipped 1 files that are not UTF-8 text" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--steps", "0"], "--steps: must be at least 1, not 0"),
-        (["--learning_rate", "fast"], "--learning_rate: must be a number, not 'fast'"),
+        (["--steps", "0"], "steps must be a whole number of at least 1, not 0"),
+        (["--learning_rate", "fast"], "--learning_rate must be a number, not 'fast'"),
         (["--lr_schedule", "linear"], "--lr_schedule: invalid choice"),
-        (["--lerning_rate", "1"], "unrecognized arguments: --lerning_rate"),
+        (["--lerning_rate", "1"], "unknown flag --lerning_rate; did you mean --learning_rate?"),
         (["--model", "distilgpt2", "--model_size", "355M"], "give --model or --model_size, not both"),
         (["--val_fraction", "0.2", "--val_file", "x.txt"], "give --val_fraction or --val_file, not both"),
     ],
@@ -334,15 +405,15 @@ def test_usage_mistakes_exit_2_before_any_work(tmp_path, capsys, args, message):
     from helpers import Result, assert_clean_error
 
     with pytest.raises(SystemExit) as stopped:
-        train.main(["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args])
+        trainer.main(["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args])
     assert_clean_error(Result(stopped.value.code, *capsys.readouterr()), message)
     assert stopped.value.code == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(small_run, monkeypatch, capsys):
-    monkeypatch.setattr(train, "memory_available", lambda: 10_000_000)
+    monkeypatch.setattr(trainer, "memory_available", lambda: 10_000_000)
     with pytest.raises(SystemExit):
-        train.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
+        trainer.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
     error = capsys.readouterr().err
     assert error.startswith("error: this run needs about 0.1 GB and 0.0 GB are available: use a smaller --batch_size")
     assert not (small_run / "run").exists()

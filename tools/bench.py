@@ -25,7 +25,9 @@ import time
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_DIR)  # run as a script from tools/: the project's modules are one folder up
-HPARAMS_124M = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+from utils import MODEL_HPARAMS  # noqa: E402 (after the path is set)
+
+HPARAMS_124M = MODEL_HPARAMS["124M"]
 HF_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}  # as ours: HF's default would be top_k=50
 
 
