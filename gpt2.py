@@ -16,6 +16,7 @@ path, sampling and scoring stay NumPy.
 
 import math
 import sys
+from typing import NamedTuple
 
 if sys.version_info < (3, 10):  # noqa: UP036 (one clear line for the Pythons below the minimum)
     too_old = f"gpt2.py needs Python 3.10 or newer, not {sys.version.split()[0]}"
@@ -111,16 +112,20 @@ def merge_heads(x):  # [..., n_heads, n_seq, d] -> [..., n_seq, n_heads*d]
     return x.swapaxes(-3, -2).reshape(*batch, n_seq, n_heads * d)
 
 
+def split_qkv(x, n_head):  # [..., n_seq, 3*n_embd] -> q, k, v: each [..., n_head, n_seq, d]
+    qkv = split_heads(x, 3 * n_head)  # the heads of q, then of k, then of v: [..., 3*n_head, n_seq, d]
+    return qkv[..., :n_head, :, :], qkv[..., n_head : 2 * n_head, :, :], qkv[..., 2 * n_head :, :, :]
+
+
 def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
-    x = linear(x, **c_attn)  # queries, keys and values at once: [..., n_seq, n_embd] -> [..., n_seq, 3*n_embd]
-    qkv = split_heads(x, 3 * n_head)  # q, k and v of each head: [..., 3*n_head, n_seq, d]
-    q, kv = qkv[..., :n_head, :, :], qkv[..., n_head:, :, :]  # [..., n_head, n_seq, d], [..., 2*n_head, n_seq, d]
+    # queries, keys and values at once: [..., n_seq, n_embd] -> [..., n_seq, 3*n_embd] -> each [..., n_head, n_seq, d]
+    q, k, v = split_qkv(linear(x, **c_attn), n_head)
     if kv_cache is not None:  # keys and values of the n_past earlier positions are kept, not recomputed
-        buffer, n_past = kv_cache  # [..., 2*n_head, length, d], int
-        n_k = n_past + kv.shape[-2]
-        buffer[..., n_past:n_k, :] = kv  # this call's keys and values go after them
-        kv = buffer[..., :n_k, :]  # [..., 2*n_head, n_k, d]
-    k, v = kv[..., :n_head, :, :], kv[..., n_head:, :, :]  # each [..., n_head, n_k, d], n_k = n_past + n_seq
+        buffer, n_past = kv_cache  # [..., 2*n_head, length, d]: the keys' heads, then the values'; int
+        n_k = n_past + k.shape[-2]
+        buffer[..., :n_head, n_past:n_k, :] = k  # this call's keys and values go after them
+        buffer[..., n_head:, n_past:n_k, :] = v
+        k, v = buffer[..., :n_head, :n_k, :], buffer[..., n_head:, :n_k, :]  # each [..., n_head, n_k, d]
     out = merge_heads(attention(q, k, v, mask))  # [..., n_head, n_seq, d] -> [..., n_seq, n_embd]
     return linear(out, **c_proj)  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
 
@@ -153,6 +158,11 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq
 # own into its row of the cache; from then on all rows take one step together.
 
 
+class KVCache(NamedTuple):  # the keys and values of the positions read so far
+    buffers: np.ndarray  # [n_layer, ..., 2*n_head, length, d]: each block's keys' heads, then its values'
+    n_past: int  # the positions filled, from the start
+
+
 def new_kv_cache(params, n_head, length, batch=()):
     """An empty cache for `length` positions: buffers [n_layer, *batch, 2*n_head, length, d] for the keys
     and values of each block, and the number of positions filled (0). Only the positions the call
@@ -160,7 +170,7 @@ def new_kv_cache(params, n_head, length, batch=()):
     because NumPy asks the kernel for huge pages for large arrays: fewer page faults to fill it."""
     n_embd = params["wpe"].shape[1]
     shape = (len(params["blocks"]), *batch, 2 * n_head, length, n_embd // n_head)
-    return np.empty(shape, dtype=np.float32), 0
+    return KVCache(np.empty(shape, dtype=np.float32), 0)
 
 
 def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, pad=0):  # [..., n_new] -> [..., n_vocab]
@@ -176,8 +186,10 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, pad=0):  # [..
     empty = (np.arange(n_k) < pad) * np.float32(-1e10)  # hides a row's empty positions: [..., n_k]
     mask = causal_mask(n_new, n_k) + empty[..., None, None, :]  # [..., 1, n_new, n_k]
     for block, buffer in zip(blocks, buffers):
-        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv_cache=(buffer, n_past))  # [..., n_new, n_embd]
-    return layer_norm(x[..., -1, :], **ln_f) @ wte.T, (buffers, n_k)  # [..., n_embd] -> [..., n_vocab]
+        x = transformer_block(
+            x, **block, n_head=n_head, mask=mask, kv_cache=KVCache(buffer, n_past)
+        )  # [..., n_new, n_embd]
+    return layer_norm(x[..., -1, :], **ln_f) @ wte.T, KVCache(buffers, n_k)  # [..., n_embd] -> [..., n_vocab]
 
 
 # Choosing the next token. Greedy decoding (temperature 0) always takes the most likely token and
@@ -279,14 +291,19 @@ def generate_batch_stream(
     check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     if batch_size is not None:
         check_whole_number("batch_size", batch_size, 1)
-    seed = np.random.SeedSequence(seed).entropy  # one seed for every row (a fresh one if None)
-    rngs = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(row,))) for row in range(len(prompts))]
+    rngs = row_rngs(seed, len(prompts))
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     batch_size = batch_size or max(len(prompts), 1)
     for first in range(0, len(prompts), batch_size):
         rows = np.arange(first, min(first + batch_size, len(prompts)))
         batch = [prompts[row] for row in rows]
         yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text)
+
+
+def row_rngs(seed, n_rows):
+    """A random stream for each row, made from the seed and the row's number (a fresh seed if None)."""
+    entropy = np.random.SeedSequence(seed).entropy  # one seed for every row
+    return [np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(row,))) for row in range(n_rows)]
 
 
 def prefill_rows(prompts, params, n_head, length, n_prompt=None):
@@ -304,10 +321,10 @@ def prefill_rows(prompts, params, n_head, length, n_prompt=None):
             continue
         buffers[:, i, :, : pad[i]] = 0  # masked, but NaN left in fresh memory would get through the mask
         row_cache = buffers[:, i, :, pad[i] :]  # a view: [n_layer, 2*n_head, length - pad, d]
-        logits, _ = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=(row_cache, 0))
+        logits, _ = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=KVCache(row_cache, 0))
         first_logits.append(logits)
         index_of_prompt[tuple(inputs)] = i
-    return np.stack(first_logits), (buffers, n_prompt), pad
+    return np.stack(first_logits), KVCache(buffers, n_prompt), pad
 
 
 def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text):
@@ -323,7 +340,7 @@ def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, samp
             return
         if not running.all():  # a finished row leaves the batch and costs no more compute
             rows, token_ids, pad = rows[running], token_ids[running], pad[running]
-            kv_cache = (kv_cache[0][:, running], kv_cache[1])
+            kv_cache = KVCache(kv_cache.buffers[:, running], kv_cache.n_past)
         logits, kv_cache = gpt2_cached(token_ids[:, None], **params, n_head=n_head, kv_cache=kv_cache, pad=pad)
 
 

@@ -8,9 +8,12 @@
   attention weights of a layer's head.
 
 Only the standard library's HTTP server: one thread per connection reads and answers requests, and
-one thread, the decoder, runs the model. Requests decode together as the rows of one batch (gpt2.py's
+one thread, the decoder, generates. Requests decode together as the rows of one batch (gpt2.py's
 batched KV cache), each row with its own options: a request that comes while a batch runs joins it
-between two steps, and a row whose client has gone away leaves it at the next step.
+between two steps, and a row whose client has gone away leaves it at the next step. The forward
+passes that only read a prompt, the logprobs of an echoed prompt and the attention view, run on the
+request's own thread beside the decoder: the weights are never written, and NumPy lets go of the
+interpreter's lock while it multiplies.
 """
 
 import codecs
@@ -32,6 +35,9 @@ from gpt2 import END_OF_TEXT
 
 N_CTX = 1024  # every GPT-2's context: no request asks for more new tokens (its model's own is checked later)
 MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
+# A body over the limit is still read, up to this, before the answer: a client that sends it whole
+# before it reads then gets its 400 rather than a broken pipe
+MAX_DRAINED_BYTES = 16_000_000
 MAX_CHOICES = 16  # prompts x n of one request
 MAX_STOPS = 4  # stop strings, as OpenAI's API
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's API
@@ -205,8 +211,22 @@ class Row:
         return self.text if self.finish_reason else self.text[: max(0, len(self.text) - hold)]
 
 
+class Batch:
+    """The rows decoding together: for each, the logits of its next token [n_rows, n_vocab] and its row
+    of the KV cache, lined up at the right after pad[i] empty positions. taken: every row the batch
+    has taken from the queue, those that have left it too, so that a failure fails them all."""
+
+    def __init__(self):
+        self.rows, self.logits, self.kv_cache, self.pad, self.taken = [], None, None, None, []
+
+    def keep(self, running):  # [n_rows] booleans: the rows that go on
+        self.rows = [row for row, keep in zip(self.rows, running) if keep]
+        self.logits, self.pad = self.logits[running], self.pad[running]
+        self.kv_cache = gpt2.KVCache(self.kv_cache.buffers[:, running], self.kv_cache.n_past)
+
+
 class Decoder(threading.Thread):
-    """The one thread that runs the model. It decodes the rows of a batch together, one step for all of
+    """The one thread that generates. It decodes the rows of a batch together, one step for all of
     them at a time, and rows that come while it runs join the batch between two steps (up to
     batch_size rows): the prompts of the newcomers are read into new rows of the cache, lined up at the
     right with the others. A row that is done, or whose client has gone, leaves at once."""
@@ -235,69 +255,73 @@ class Decoder(threading.Thread):
         return rows
 
     def newcomers(self, room):
+        """Rows that wait, deferred ones first, at most room of them."""
         rows, self.deferred = self.deferred[:room], self.deferred[room:]
         while len(rows) < room and not self.waiting.empty():
             rows.append(self.waiting.get())
-        self.taken += rows
         return rows
 
     def decode(self, rows):
-        self.taken = list(rows)  # every row this batch has taken from the queue
+        batch = Batch()
         try:
-            rows, logits, kv_cache, pad = self.join([], None, None, None, rows)
-            while rows:
-                token_ids = np.array(
-                    [gpt2.next_token(logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(rows)]
-                )
-                running = np.array(
-                    [
-                        not row.add(int(t), logits[i]) and not row.cancelled
-                        for i, (row, t) in enumerate(zip(rows, token_ids))
-                    ]
-                )
-                if not running.all():  # a row that is done, or whose client left, costs no more compute
-                    rows = [row for row, keep in zip(rows, running) if keep]
-                    token_ids, pad, kv_cache = token_ids[running], pad[running], (kv_cache[0][:, running], kv_cache[1])
-                if rows:
-                    logits, kv_cache = gpt2.gpt2_cached(
-                        token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=kv_cache, pad=pad
-                    )
-                rows, logits, kv_cache, pad = self.join(
-                    rows, logits, kv_cache, pad, self.newcomers(self.batch_size - len(rows))
-                )
+            self.admit(batch, rows)
+            while batch.rows:
+                self.step(batch)
+                self.admit(batch, self.newcomers(self.batch_size - len(batch.rows)))
         except Exception as e:  # costs this batch's requests, not the server
             print(f"error while decoding: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            for row in self.taken:
+            for row in batch.taken:
                 if row.finish_reason is None and not row.cancelled:
                     row.cancelled = True  # and so out of the next batch, if it was deferred
                     row.events.put((row.index, "failed", f"{type(e).__name__}: {e}", 0))
 
-    def join(self, rows, logits, kv_cache, pad, newcomers):
-        """The batch with the newcomers' prompts read into rows of their own. When a new prompt is longer
-        than what the rows hold so far, or the cache has too little room left, the cache is laid out
-        anew, the old rows moved to the right. Newcomers that would make it longer than max_length wait
-        for the next batch."""
+    def step(self, batch):
+        """Each row's next token from its logits; the rows that go on feed theirs through the model."""
+        token_ids = np.array(
+            [gpt2.next_token(batch.logits[i], row.rng.random(), **row.sampling) for i, row in enumerate(batch.rows)]
+        )
+        running = np.array(
+            [
+                not row.add(int(t), batch.logits[i]) and not row.cancelled
+                for i, (row, t) in enumerate(zip(batch.rows, token_ids))
+            ]
+        )
+        if not running.all():  # a row that is done, or whose client left, costs no more compute
+            batch.keep(running)
+            token_ids = token_ids[running]
+        if batch.rows:
+            batch.logits, batch.kv_cache = gpt2.gpt2_cached(
+                token_ids[:, None], **self.params, n_head=self.n_head, kv_cache=batch.kv_cache, pad=batch.pad
+            )
+
+    def admit(self, batch, newcomers):
+        """The newcomers' prompts read into rows of their own. When a new prompt is longer than what the
+        rows hold so far, or the cache has too little room left, the cache is laid out anew, the old rows
+        moved to the right. Newcomers that would make it longer than max_length wait for the next batch."""
+        batch.taken += newcomers
         newcomers = [row for row in newcomers if not row.cancelled]
         if not newcomers:
-            return rows, logits, kv_cache, pad
-        n_past = kv_cache[1] if rows else 0
+            return
+        n_past = batch.kv_cache.n_past if batch.rows else 0
         n_prompt = max(n_past, *(len(row.prompt_ids) for row in newcomers))
         # room for every row's tokens still to come (the last one is never fed)
-        length = max(n_prompt + row.max_tokens - len(row.ids) - 1 for row in rows + newcomers)
-        if rows and length > self.max_length:
+        length = max(n_prompt + row.max_tokens - len(row.ids) - 1 for row in batch.rows + newcomers)
+        if batch.rows and length > self.max_length:
             self.deferred += newcomers
-            return rows, logits, kv_cache, pad
-        new_logits, (new_buffers, _), new_pad = gpt2.prefill_rows(
+            return
+        new_logits, new_cache, new_pad = gpt2.prefill_rows(
             [row.prompt_ids for row in newcomers], self.params, self.n_head, length, n_prompt
         )
-        if not rows:
-            return newcomers, new_logits, (new_buffers, n_prompt), new_pad
-        shift = n_prompt - n_past
-        buffers = np.zeros((new_buffers.shape[0], len(rows) + len(newcomers), *new_buffers.shape[2:]), np.float32)
-        buffers[:, : len(rows), :, shift:n_prompt] = kv_cache[0][:, :, :, :n_past]
-        buffers[:, len(rows) :] = new_buffers
-        rows = rows + newcomers
-        return rows, np.concatenate([logits, new_logits]), (buffers, n_prompt), np.concatenate([pad + shift, new_pad])
+        if not batch.rows:
+            batch.rows, batch.logits, batch.kv_cache, batch.pad = newcomers, new_logits, new_cache, new_pad
+            return
+        shift, new_buffers = n_prompt - n_past, new_cache.buffers
+        buffers = np.zeros((new_buffers.shape[0], len(batch.rows) + len(newcomers), *new_buffers.shape[2:]), np.float32)
+        buffers[:, : len(batch.rows), :, shift:n_prompt] = batch.kv_cache.buffers[:, :, :, :n_past]
+        buffers[:, len(batch.rows) :] = new_buffers
+        batch.rows = batch.rows + newcomers
+        batch.logits = np.concatenate([batch.logits, new_logits])
+        batch.kv_cache, batch.pad = gpt2.KVCache(buffers, n_prompt), np.concatenate([batch.pad + shift, new_pad])
 
 
 # The answers.
@@ -365,13 +389,10 @@ class Completion:
         self.rows, self.events, self.echoes = [], queue.Queue(), {}
         n, seed = options["n"], options["seed"]
         for ids in self.prompt_ids:
-            for j in range(n):
-                # the command line's random streams: one sample draws from the seed itself, several
-                # samples each from the seed and its number (gpt2.generate_batch_stream's rows)
-                stream = (
-                    seed if n == 1 else np.random.SeedSequence(np.random.SeedSequence(seed).entropy, spawn_key=(j,))
-                )
-                rng = np.random.default_rng(stream)
+            # the command line's random streams: one sample draws from the seed itself (gpt2.generate),
+            # several samples each from the seed and its number (gpt2.generate_batch's rows)
+            rngs = [np.random.default_rng(seed)] if n == 1 else gpt2.row_rngs(seed, n)
+            for rng in rngs:
                 self.rows.append(Row(len(self.rows), ids or [END_OF_TEXT], options, rng, encoder, self.events))
 
     def echoed(self, i):
@@ -483,8 +504,8 @@ def attention_view(body, encoder, params, n_head):
     for block in params["blocks"][:layer]:
         x = gpt2.transformer_block(x, **block, n_head=n_head, mask=mask)
     block = params["blocks"][layer]
-    qkv = gpt2.split_heads(gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **block["attn"]["c_attn"]), 3 * n_head)
-    weights = gpt2.attention_weights(qkv[head], qkv[n_head + head], mask)  # [n_seq, n_seq]
+    q, k, _ = gpt2.split_qkv(gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **block["attn"]["c_attn"]), n_head)
+    weights = gpt2.attention_weights(q[head], k[head], mask)  # [n_seq, n_seq]
     return {"tokens": tokens, "layer": layer, "head": head, "weights": np.round(weights.astype(float), 4).tolist()}
 
 
@@ -540,6 +561,9 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             raise BadRequest("the request's Content-Length is negative")
         if length > MAX_BODY_BYTES:
+            unread = min(length, MAX_DRAINED_BYTES)
+            while unread > 0 and (piece := self.rfile.read(min(1 << 16, unread))):
+                unread -= len(piece)
             raise BadRequest(f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
         try:
             body = json.loads(self.rfile.read(length))

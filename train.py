@@ -20,7 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from gpt2 import attention, attention_weights, causal_mask, gelu, layer_norm, linear, merge_heads, split_heads
+from gpt2 import (
+    attention,
+    attention_weights,
+    causal_mask,
+    gelu,
+    layer_norm,
+    linear,
+    merge_heads,
+    split_heads,
+    split_qkv,
+)
 
 # NumPy runs an elementwise operation on one core, over a whole array at a time, while its matrix
 # products use every core. The long chains of elementwise passes (gelu and its backward, the softmaxes,
@@ -132,8 +142,7 @@ def attention_backward(d_out, q, k, v, mask):  # [..., n_q, d] and the inputs ->
 
 def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_embd] -> the same, and what backward keeps
     a = layer_norm(x, **ln_1)
-    qkv = split_heads(linear(a, **attn["c_attn"]), 3 * n_head)  # as mha: [..., 3*n_head, n_seq, d]
-    q, k, v = qkv[..., :n_head, :, :], qkv[..., n_head : 2 * n_head, :, :], qkv[..., 2 * n_head :, :, :]
+    q, k, v = split_qkv(linear(a, **attn["c_attn"]), n_head)  # as mha: each [..., n_head, n_seq, d]
     merged = merge_heads(attention(q, k, v, mask))
     x_mid = x + linear(merged, **attn["c_proj"])  # tokens exchange information
     b = layer_norm(x_mid, **ln_2)

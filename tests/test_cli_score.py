@@ -13,6 +13,7 @@ def perplexity_line(output):
     return float(output.strip().splitlines()[-1].removeprefix("perplexity: "))
 
 
+@pytest.mark.slow
 def test_scores_a_string_a_file_and_stdin(small_models_dir, small_params, encoder, tmp_path, capsys):
     text = (PROMPT + ". ") * 30  # several windows long
     expected = math.exp(gpt2.score(encoder.encode(text), small_params, N_HEAD, 20))

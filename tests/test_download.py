@@ -88,6 +88,7 @@ def test_file_shorter_than_content_length_is_not_kept(served, tmp_path):
     assert len(served.hits(DATA)) == download.ATTEMPTS  # resumed while it made progress, then gave up
 
 
+@pytest.mark.slow
 def test_server_slower_than_the_timeout(served, tmp_path):
     served.modes["hparams.json"] = "slow"
     start = time.monotonic()
@@ -227,6 +228,7 @@ def wait_for_part(model_dir, size, timeout=60):
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_two_processes_loading_the_same_missing_model(model_server, tmp_path, small_params):
     model_server.modes[DATA] = "throttle"
     first, second = start_loading(tmp_path, model_server), start_loading(tmp_path, model_server)
@@ -237,6 +239,7 @@ def test_two_processes_loading_the_same_missing_model(model_server, tmp_path, sm
     assert_same_params(load(tmp_path)[2], small_params)
 
 
+@pytest.mark.slow
 def test_killed_download_resumes_on_the_next_run(model_server, tmp_path, small_params):
     model_server.modes[DATA] = "throttle"
     process = start_loading(tmp_path, model_server)

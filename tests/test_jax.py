@@ -16,6 +16,7 @@ import gpt2_pico
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
+pytestmark = pytest.mark.slow  # JAX compiles every function it runs
 
 
 @pytest.fixture(scope="module", params=[gpt2, gpt2_pico], ids=["gpt2", "gpt2_pico"])

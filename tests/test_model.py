@@ -126,8 +126,8 @@ def test_cached_logits_match_full_forward_at_every_step(long_params):
             break
         ids.append(int(np.argmax(logits)))
         logits, kv_cache = gpt2.gpt2_cached(ids[-1:], **long_params, n_head=N_HEAD, kv_cache=kv_cache)
-    assert kv_cache[1] == LONG_HPARAMS["n_ctx"]
-    assert all(buffer.dtype == np.float32 for buffer in kv_cache[0])
+    assert kv_cache.n_past == LONG_HPARAMS["n_ctx"]
+    assert all(buffer.dtype == np.float32 for buffer in kv_cache.buffers)
 
 
 def test_cache_takes_several_new_tokens_at_once(long_params):

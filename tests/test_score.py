@@ -48,6 +48,7 @@ def test_matches_hf_guide_golden(small_params, golden_score, stride):
     check_against_guide(ids, small_params, stride, golden_score[f"losses_{stride}"], golden_score[f"counts_{stride}"])
 
 
+@pytest.mark.slow
 def test_matches_hf_guide_live(hf_small, small_params):
     from hf_reference import hf_guide_windows
 

@@ -18,6 +18,7 @@ from helpers import PROMPT, PROMPT_IDS, SMALL_HPARAMS, cli, read_until, start_gp
 openai = pytest.importorskip("openai")
 
 MODEL = "124M"
+pytestmark = pytest.mark.slow  # servers in new processes, the browser
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,7 @@ def test_a_read_only_folder_that_needs_work_says_so(models_copy):
     )
 
 
+@pytest.mark.slow
 def test_waiting_for_another_process_says_so_and_can_be_interrupted(models_copy, small_params):
     from filelock import FileLock
 

@@ -110,6 +110,7 @@ def test_the_token_cache_tells_two_tokenizers_of_one_size_apart(encoder, tmp_pat
     assert second.tolist() == [*other.encode(documents[0]), gpt2.END_OF_TEXT] != first.tolist()
 
 
+@pytest.mark.slow
 def test_gradient_equals_jax_grad_of_lm_loss(small_params):
     jax = pytest.importorskip("jax")
     from helpers import swapped
@@ -124,6 +125,7 @@ def test_gradient_equals_jax_grad_of_lm_loss(small_params):
     assert_close_per_tensor(grads, reference)
 
 
+@pytest.mark.slow
 def test_ten_adamw_steps_give_pytorchs_losses(small_variables):
     """One fixed batch, weight decay on matrices and embeddings only, clipping at a norm the gradients
     exceed: the loss after each step equals PyTorch's within 1e-4, relative."""
@@ -218,6 +220,7 @@ def train_args(base, *extra):
             "--sample_every", "0", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_small_model_learns_real_text(tmp_path):
     """Two layers with GPT-2's vocabulary, from random weights, on the licence texts Debian ships: the
     held-out loss ends below the unigram entropy of the training tokens (computed from their counts)."""
@@ -245,6 +248,7 @@ def test_a_small_model_learns_real_text(tmp_path):
     assert len(log) == 100 and log[-1]["val_loss"] < unigram_entropy < log[0]["train_loss"], (log[-1], unigram_entropy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_same_weights(small_run, signum):
     import signal
@@ -281,6 +285,7 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_same_weights(small_ru
         assert (small_run / "cut" / name).read_bytes() == (small_run / "whole" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
     import os
 
@@ -304,6 +309,7 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
     assert not any(name.endswith(".partial") for name in os.listdir(out))
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_another_run_folder_given_as_model(small_run):
     """--model RUN starts from that run's weights: one step at learning rate 0 keeps them as they are."""
     first, second = small_run / "first", small_run / "second"
@@ -316,6 +322,7 @@ def test_a_run_starts_from_another_run_folder_given_as_model(small_run):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
 
 
+@pytest.mark.slow
 def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
