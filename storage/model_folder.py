@@ -62,7 +62,8 @@ def model_lock(model_dir):
         try:
             lock.acquire(timeout=LOCK_NOTICE_SECONDS)
         except Timeout:
-            print(f"waiting for another process that is downloading or converting {model_dir}", file=sys.stderr)
+            # one write, the line end with it: a Ctrl-C that comes now cannot cut the line from its end
+            sys.stderr.write(f"waiting for another process that is downloading or converting {model_dir}\n")
             lock.acquire()
     except OSError as e:
         if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -6,7 +6,7 @@ import torch
 
 def hf_logits(model, ids):
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()  # [n_seq, n_vocab]
+        return model(torch.tensor([ids])).logits[0].float().numpy()  # [n_seq, n_vocab], of a half-precision model too
 
 
 def hf_greedy(model, ids, n_tokens):

@@ -40,12 +40,72 @@ def test_first_load_prints_no_tensorflow_noise(models_copy):
     ]
 
 
-@pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", 'it\'s "quoted" \\'])
+@pytest.mark.parametrize("prompt", ["42", "Hello, world", "[1, 2]", "None", 'it\'s "quoted" \\', "-5 degrees", "-5"])
 def test_prompt_that_looks_like_python_stays_text(small_models_dir, hf_small, tiktoken_gpt2, capsys, prompt):
     """fire alone would hand main the number 42, the tuple ('Hello', 'world'), a list, None."""
     result = cli(capsys, prompt, "--n_tokens_to_generate", "3", "--models_dir", str(small_models_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, tiktoken_gpt2.encode_ordinary(prompt), 3) + "\n"
+
+
+def test_a_prompt_that_starts_with_a_dash_goes_after_two_dashes(small_models_dir, hf_small, tiktoken_gpt2, capsys):
+    for prompt in ("-x marks the spot", "--not a flag"):
+        result = cli(capsys, "-n", "3", "--models_dir", str(small_models_dir), "--", prompt)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, tiktoken_gpt2.encode_ordinary(prompt), 3) + "\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--temperature", "1e308"), "temperature must be a number at least 0 and at most 100, not 1e+308"),
+        (("--temperature", "nan"), "temperature must be a number"),
+        (("--show_probs", "100000"), "show_probs must be a whole number from 0 to 50, not 100000"),
+        (("--revision", "v1"), "--revision goes with --model NAME"),
+        (("--top_k", "40"), "--top_k filters what sampling draws from: it needs a --temperature above 0"),
+        (("--top_p", "0.9"), "--top_p filters what sampling draws from"),
+        (("--TEMPERATURE", "1"), "unknown flag --TEMPERATURE; did you mean --temperature?"),
+        (("--temp", "1"), "unknown flag --temp; did you mean --temperature?"),  # no abbreviations
+    ],
+)
+def test_flags_that_would_be_ignored_or_misread_are_refused(served, tmp_path, capsys, args, message):
+    result = cli(capsys, PROMPT, "--models_dir", str(tmp_path), *args)
+    assert_clean_error(result, message)
+    assert result.returncode == 2 and served.requests == [] and os.listdir(tmp_path) == []
+
+
+def test_a_models_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "models").write_text("not a folder")
+    result = cli(capsys, PROMPT, "--models_dir", str(tmp_path / "models"))
+    assert_clean_error(result, f"--models_dir {tmp_path / 'models'} is a file, not a folder")
+    assert result.returncode == 2
+
+
+def test_an_empty_file_is_refused_rather_than_sampled_from_nothing(small_models_dir, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n")
+    result = cli(capsys, "--file", str(tmp_path / "empty.txt"), "--models_dir", str(small_models_dir))
+    assert_clean_error(result, "holds no text to continue")
+    assert result.returncode == 1
+
+
+def test_the_models_folder_is_the_same_wherever_the_command_runs(small_models_dir, tmp_path):
+    """Beside the code by default, or $GPT2_MODELS_DIR: never a new ./models in the folder the command runs in."""
+    import subprocess
+
+    code = "import utils; print(utils.DEFAULT_MODELS_DIR)"
+    env = {key: value for key, value in os.environ.items() if key != "GPT2_MODELS_DIR"}
+    env["PYTHONPATH"] = REPO_DIR
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert shown.stdout.strip() == os.path.join(REPO_DIR, "models"), shown.stderr
+    result = subprocess.run(
+        gpt2_command(PROMPT, "-n", "2"),
+        cwd=tmp_path,
+        env={**env, "GPT2_MODELS_DIR": str(small_models_dir)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_main_streams_and_flushes_each_piece(small_models_dir, monkeypatch, golden, tiktoken_gpt2):
@@ -284,15 +344,18 @@ def test_import_gpt2_loads_numpy_only_and_python_gpt2_runs_it_once():
 
 
 def test_python_below_3_10_gets_one_clear_line():
-    import glob
+    """gpt2.py parses as Python 3.8 does it (so that the check of the version is reached there), and
+    on a Python that says it is 3.9 the command prints one line and a notebook's import raises."""
+    import ast
     import subprocess
 
-    old_pythons = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[89].*/bin/python")))
-    if not old_pythons:
-        pytest.skip("no Python 3.8 or 3.9 installed through pyenv here")
-    result = subprocess.run(
-        [old_pythons[-1], os.path.join(REPO_DIR, "gpt2.py"), PROMPT], capture_output=True, text=True
+    with open(os.path.join(REPO_DIR, "gpt2.py"), encoding="utf-8") as f:
+        ast.parse(f.read(), feature_version=(3, 8))
+    as_3_9 = "import sys; sys.version_info = (3, 9, 18, 'final', 0); sys.version = '3.9.18 (main)'; "
+    command = as_3_9 + "sys.argv = ['gpt2.py', 'Hello']; import runpy; runpy.run_path('gpt2.py', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", command], cwd=REPO_DIR, capture_output=True, text=True)
+    assert_clean_error(result, "error: gpt2.py needs Python 3.10 or newer, not 3.9.18")
+    imported = subprocess.run(
+        [sys.executable, "-c", as_3_9 + "import gpt2"], cwd=REPO_DIR, capture_output=True, text=True
     )
-    assert_clean_error(result, "error: gpt2.py needs Python 3.10 or newer, not 3.")
-    imported = subprocess.run([old_pythons[-1], "-c", "import gpt2"], cwd=REPO_DIR, capture_output=True, text=True)
-    assert "ImportError: gpt2.py needs Python 3.10 or newer" in imported.stderr
+    assert "ImportError: gpt2.py needs Python 3.10 or newer, not 3.9.18" in imported.stderr

@@ -1,19 +1,21 @@
-"""GPT-2 124M's published greedy outputs. Runs only where models/124M holds OpenAI's real weights."""
+"""GPT-2 124M's published greedy outputs. Runs only where the models folder (utils.DEFAULT_MODELS_DIR)
+holds OpenAI's 124M. OpenAI publishes no checksum of the weights, so the release is recognised by its
+shape: its hparams.json and a data file of 124,439,808 float32 values. Another model of that shape
+there is not skipped: it runs and fails on the published texts, which only OpenAI's weights give."""
 
 import json
 import os
 
 import pytest
-from helpers import HPARAMS_124M, PROMPT, PROMPT_IDS, REPO_DIR
+from helpers import HPARAMS_124M, PROMPT, PROMPT_IDS
 
 import cli
 import gpt2
 import utils
 
-MODELS_DIR = os.path.join(REPO_DIR, "models")
+MODELS_DIR = utils.DEFAULT_MODELS_DIR
 MODEL_DIR = os.path.join(MODELS_DIR, "124M")
-# What OpenAI's 124M release is known to hold, checkable offline: its hparams.json, and a data file of
-# 124,439,808 float32 values. (The tokenizer files' sha256 are checked by every load.)
+# The size of the data file of OpenAI's 124M (the tokenizer files' sha256 are checked by every load)
 DATA_BYTES_124M = 497_759_232
 
 
@@ -21,18 +23,18 @@ def why_not_openai_124m():
     """Why models/124M is not OpenAI's 124M, or None where it looks like it."""
     missing = [name for name in utils.FILES if not os.path.isfile(os.path.join(MODEL_DIR, name))]
     if missing:
-        return f"OpenAI's 124M weights are not in models/124M ({', '.join(missing)} missing)"
+        return f"OpenAI's 124M weights are not in {MODEL_DIR} ({', '.join(missing)} missing)"
     try:
         with open(os.path.join(MODEL_DIR, "hparams.json")) as f:
             hparams = json.load(f)
     except ValueError:
-        return "models/124M/hparams.json is not valid JSON"
+        return f"{MODEL_DIR}/hparams.json is not valid JSON"
     if hparams != HPARAMS_124M:
-        return f"models/124M holds another model than OpenAI's 124M (hparams.json: {hparams})"
+        return f"{MODEL_DIR} holds another model than OpenAI's 124M (hparams.json: {hparams})"
     size = os.path.getsize(os.path.join(MODEL_DIR, utils.CHECKPOINT_DATA))
     if size != DATA_BYTES_124M:
         return (
-            f"models/124M holds another model than OpenAI's 124M ({size:,} bytes of weights, not {DATA_BYTES_124M:,})"
+            f"{MODEL_DIR} holds another model than OpenAI's 124M ({size:,} bytes of weights, not {DATA_BYTES_124M:,})"
         )
     return None
 

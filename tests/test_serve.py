@@ -220,6 +220,20 @@ def test_malformed_bodies_get_openais_error(server, data, message):
     )
 
 
+def test_a_body_over_the_limit_sent_whole_gets_its_answer(server):
+    """A client that sends all of a large body before it reads (as urllib and the openai client do)
+    gets the 400, not a connection closed under it while it sends."""
+    host, port = server[0].removeprefix("http://").split(":")
+    body = b'{"prompt": "' + b"a" * 8_000_000 + b'"}'
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Type: application/json\r\n")
+        connection.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        answer = b""
+        while piece := connection.recv(65536):
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 400") and b"the request body is over 1000000 bytes" in answer
+
+
 def test_no_path_reads_files(server):
     for path in ("/../../etc/passwd", "/page.html", "/serve.py", "/v1/../gpt2.py"):
         with pytest.raises(urllib.error.HTTPError) as caught:

@@ -156,8 +156,8 @@ def test_waiting_for_another_process_says_so_and_can_be_interrupted(models_copy,
     with FileLock(str(models_copy / "124M" / ".lock")):  # another process is converting
         waiting = start_gpt2(PROMPT, "-n", "2", "--models_dir", str(models_copy))
         interrupted = start_gpt2(PROMPT, "-n", "2", "--models_dir", str(models_copy))
-        said = read_until(interrupted.stderr, waiting_line)
-        waiting_said = read_until(waiting.stderr, waiting_line)  # both wait before the lock is let go
+        said = read_until(interrupted.stderr, waiting_line + "\n")
+        waiting_said = read_until(waiting.stderr, waiting_line + "\n")  # both wait before the lock is let go
         interrupted.send_signal(signal.SIGINT)
         _, stderr = interrupted.communicate(timeout=60)
         assert interrupted.returncode == 130

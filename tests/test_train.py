@@ -310,6 +310,27 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
 
 
 @pytest.mark.slow
+def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    from helpers import Result, assert_clean_error
+
+    (tmp_path / "notes.txt").write_text("some text")
+    with pytest.raises(SystemExit) as stopped:
+        trainer.main([str(tmp_path / "notes.txt"), "--out", str(tmp_path / "notes.txt")])
+    assert_clean_error(Result(stopped.value.code, *capsys.readouterr()), "is a file: give a folder for the run")
+    assert stopped.value.code == 2
+
+
+def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, capsys):
+    """They change nothing the run computes; another learning rate does, and is refused."""
+    out = small_run / "run"
+    trainer.main([*train_args(small_run, "--steps", "2", "--eval_every", "1"), "--out", str(out)])
+    trainer.main([*train_args(small_run, "--steps", "3", "--eval_every", "2", "--save_every", "7"), "--out", str(out)])
+    assert "resuming the run in" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        trainer.main([*train_args(small_run, "--steps", "4", "--learning_rate", "1"), "--out", str(out)])
+    assert stopped.value.code == 1 and "was started with other learning_rate" in capsys.readouterr().err
+
+
 def test_a_run_starts_from_another_run_folder_given_as_model(small_run):
     """--model RUN starts from that run's weights: one step at learning rate 0 keeps them as they are."""
     first, second = small_run / "first", small_run / "second"
@@ -404,6 +425,9 @@ def test_a_data_folder_leaves_out_hidden_files_and_files_that_are_not_text(tmp_p
         (["--learning_rate", "fast"], "--learning_rate must be a number, not 'fast'"),
         (["--lr_schedule", "linear"], "--lr_schedule: invalid choice"),
         (["--lerning_rate", "1"], "unknown flag --lerning_rate; did you mean --learning_rate?"),
+        (["--step", "5"], "unknown flag --step; did you mean --steps?"),  # no abbreviations
+        (["--stepz", "5"], "unknown flag --stepz; did you mean --steps?"),
+        (["--STEPS", "5"], "unknown flag --STEPS; did you mean --steps?"),
         (["--model", "distilgpt2", "--model_size", "355M"], "give --model or --model_size, not both"),
         (["--val_fraction", "0.2", "--val_file", "x.txt"], "give --val_fraction or --val_file, not both"),
     ],

@@ -10,6 +10,7 @@ then reports them; every duration is taken by seconds().
 """
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -29,6 +30,12 @@ from utils import MODEL_HPARAMS  # noqa: E402 (after the path is set)
 
 HPARAMS_124M = MODEL_HPARAMS["124M"]
 HF_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}  # as ours: HF's default would be top_k=50
+# How much each part measures, in one place: the reports print these
+REPEATS = 3  # runs of a timing whose median is reported
+SCORE_TOKENS = 4096
+LOAD_REPEATS, FIRST_LOADS = 5, 3  # later loads are quick: more of them
+SERVE_CLIENTS, SERVE_TOKENS, SERVE_ROUNDS = 8, 64, 3
+TRAIN_BATCH, TRAIN_SEQ, TRAIN_ROUNDS = 4, 256, 3
 
 
 def seconds(function, *args, **kwargs):
@@ -40,6 +47,10 @@ def seconds(function, *args, **kwargs):
 
 def median_seconds(function, repeat, *args, **kwargs):
     return statistics.median(seconds(function, *args, **kwargs) for _ in range(repeat))
+
+
+def median_of(rows, key, per=None):  # the median over rounds of a number, or of its ratio to another in each round
+    return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
 
 
 def in_fresh_process(*command):
@@ -260,8 +271,7 @@ def measure_generation(params, n_head, hf, llama_cpp, rounds):
 
 
 def report_generation(rows, weight_bytes):
-    def median(key, per=None):  # the median of a number, or of its ratio to another within each round
-        return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
+    median = functools.partial(median_of, rows)
 
     w = Workload
     print(f"generation, 124M shape, random weights, medians of {len(rows)} rounds:")
@@ -337,7 +347,7 @@ def report_memory(memory):
 # Scoring, loading, the encoder
 
 
-def measure_score(params, n_head, n_tokens=4096, repeat=3):
+def measure_score(params, n_head, n_tokens=SCORE_TOKENS, repeat=REPEATS):
     """Seconds of gpt2.score on an n_tokens text, with stride 1024 (no overlap) and 512."""
     import numpy as np
 
@@ -347,22 +357,22 @@ def measure_score(params, n_head, n_tokens=4096, repeat=3):
     return {stride: median_seconds(gpt2.score, repeat, ids, params, n_head, stride) for stride in (1024, 512)}
 
 
-def report_score(times, n_tokens=4096):
-    print(f"scoring a {n_tokens}-token text, 124M shape, median of 3:")
+def report_score(times, n_tokens=SCORE_TOKENS):
+    print(f"scoring a {n_tokens}-token text, 124M shape, median of {REPEATS}:")
     for stride, duration in times.items():
         print(f"  stride {stride}: {duration:.2f} s, {n_tokens / duration:.0f} tokens/s")
 
 
 def first_and_later_loads(load, converted_dir, repeat):
-    """Seconds of a fresh process running load: with no converted copy (median of 3), and with it."""
+    """Seconds of a fresh process running load: with no converted copy (median of FIRST_LOADS), and with it."""
     first = []
-    for _ in range(3):
+    for _ in range(FIRST_LOADS):
         shutil.rmtree(converted_dir, ignore_errors=True)
         first.append(seconds(in_fresh_process, "-c", load))
     return statistics.median(first), median_seconds(in_fresh_process, repeat, "-c", load)
 
 
-def measure_load(models_dir, repeat=5):
+def measure_load(models_dir, repeat=LOAD_REPEATS):
     """Loading the 124M-shaped folder: the first time (checkpoint.py reads and checks the checkpoint, then
     the .npy copy is written) and later (mmap), in this process and in fresh ones; and the same weights
     as a folder in HuggingFace's layout (safetensors), where transformers is installed."""
@@ -387,7 +397,10 @@ def measure_load(models_dir, repeat=5):
 
 
 def report_load(times):
-    print("load of the 124M-shaped model, medians of 5 runs (first load: of 3), each process from start to end:")
+    print(
+        f"load of the 124M-shaped model, medians of {LOAD_REPEATS} runs (first load: of {FIRST_LOADS}), "
+        "each process from start to end:"
+    )
     print(f"  first load, the checkpoint converted (fresh process):          {times['first']:.2f} s")
     print(f"  later loads, memory-mapped .npy: load_encoder_hparams_and_params {times['later'] * 1e3:.0f} ms")
     print(f"                                   in a fresh process              {times['fresh_process'] * 1e3:.0f} ms")
@@ -420,7 +433,7 @@ def distinct_files_text(paths, limit):
     return "".join(parts)[:limit]
 
 
-def measure_encoder(limit=2_000_000, repeat=3):
+def measure_encoder(limit=2_000_000, repeat=REPEATS):
     """Seconds of encoder.py and of tiktoken on English prose (licences and copyright files) and on code
     (Python's standard library), each text seen once: a fresh encoder has an empty word cache."""
     from encoder import get_encoder
@@ -447,7 +460,7 @@ def measure_encoder(limit=2_000_000, repeat=3):
 
 
 def report_encoder(results):
-    print("encoder: MB/s of UTF-8 input, median of 3, fresh word cache each run")
+    print(f"encoder: MB/s of UTF-8 input, median of {REPEATS}, fresh word cache each run")
     for name, r in results.items():
         print(
             f"  {name:5s} {r['megabytes']:5.2f} MB: encoder.py {r['megabytes'] / r['ours']:6.2f} MB/s, "
@@ -476,7 +489,7 @@ def completion_stream(url, prompt, n_tokens):
     return first, time.perf_counter() - start, tokens
 
 
-def measure_serving(models_dir, n_clients=8, n_tokens=64, rounds=3):
+def measure_serving(models_dir, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS, rounds=SERVE_ROUNDS):
     """python gpt2.py --serve on the random 124M-shaped model: n_clients requests of n_tokens each, one
     at a time and all at once (a thread per client), in alternating rounds."""
     from concurrent.futures import ThreadPoolExecutor
@@ -517,9 +530,8 @@ def measure_serving(models_dir, n_clients=8, n_tokens=64, rounds=3):
         process.wait()
 
 
-def report_serving(rows, n_clients=8, n_tokens=64):
-    def median(key, per=None):
-        return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
+def report_serving(rows, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS):
+    median = functools.partial(median_of, rows)
 
     print(
         f"serving, 124M shape, {n_clients} clients x {n_tokens} tokens, greedy, streamed; medians of {len(rows)} rounds:"
@@ -536,7 +548,7 @@ def report_serving(rows, n_clients=8, n_tokens=64):
 # Training
 
 
-def measure_train(params, n_head, rounds=3, n_batch=4, n_seq=256):
+def measure_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ):
     """Seconds of one training step (forward, backward, clipping, AdamW) on n_batch x n_seq tokens: ours,
     and PyTorch's (GPT2LMHeadModel with the same weights, dropout 0, torch.optim.AdamW, the same
     threads), alternating; and NumPy's float32 matrix-multiply rate, for the 6 x parameters x tokens
@@ -610,7 +622,7 @@ def jax_value_and_grad(params, batch, n_head):
     return call
 
 
-def peak_training_rss(models_dir, n_batch=4, n_seq=256):
+def peak_training_rss(models_dir, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ):
     """Peak resident memory, MB, of a fresh process that loads the 124M-shaped model and takes two steps."""
     code = (
         "import numpy as np, train, utils\n"
@@ -624,11 +636,10 @@ def peak_training_rss(models_dir, n_batch=4, n_seq=256):
 
 
 def report_train(rows, n_params, tokens, peak_megabytes):
-    def median(key, per=None):
-        return statistics.median(row[key] / (row[per] if per else 1) for row in rows)
+    median = functools.partial(median_of, rows)
 
     bound = median("matmul_flops") / (6 * n_params)
-    print(f"training step, 124M shape, {tokens} tokens (4 x 256), medians of {len(rows)} rounds:")
+    print(f"training step, 124M shape, {tokens} tokens ({TRAIN_BATCH} x {TRAIN_SEQ}), medians of {len(rows)} rounds:")
     print(
         f"  train.py: {median('ours'):.2f} s, {tokens / median('ours'):.0f} tokens/s = "
         f"{tokens / median('ours') / bound:.0%} of the bound ({bound:.0f} tokens/s: 6 x {n_params / 1e6:.0f}M "
