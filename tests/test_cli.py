@@ -359,3 +359,42 @@ def test_python_below_3_10_gets_one_clear_line():
         [sys.executable, "-c", as_3_9 + "import gpt2"], cwd=REPO_DIR, capture_output=True, text=True
     )
     assert "ImportError: gpt2.py needs Python 3.10 or newer, not 3.9.18" in imported.stderr
+
+
+@pytest.mark.slow
+def test_pip_install_e_makes_the_modules_importable_from_any_folder(tmp_path):
+    """`pip install -e .`: from a folder that holds a folder named gpt2 (as the parent of a clone of this
+    repository does), `from gpt2 import generate` finds gpt2.py, and the models folder is the clone's."""
+    import subprocess
+
+    setuptools = pytest.importorskip("setuptools", reason="setuptools builds the editable install")
+    if int(setuptools.__version__.split(".")[0]) < 64:
+        pytest.skip(f"setuptools {setuptools.__version__} has no editable installs of this kind (64 or newer)")
+    clone = tmp_path / "clone"
+    names = subprocess.run(["git", "ls-files"], cwd=REPO_DIR, capture_output=True, text=True).stdout.split()
+    if not names:
+        pytest.skip("not a git checkout: no list of the repository's files")
+    for name in names:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(REPO_DIR, name), clone / name)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")], check=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    install = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-e",
+        str(clone),
+    ]
+    installed = subprocess.run(install, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    (tmp_path / "elsewhere" / "gpt2").mkdir(parents=True)
+    code = "import gpt2, utils; from gpt2 import generate; print(gpt2.__file__); print(utils.DEFAULT_MODELS_DIR)"
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "GPT2_MODELS_DIR")}
+    shown = subprocess.run([python, "-c", code], cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True)
+    assert shown.stdout.split() == [str(clone / "gpt2.py"), str(clone / "models")], shown.stderr
