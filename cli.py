@@ -339,9 +339,6 @@ class Switch(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, not option_string.startswith("--no"))
 
-    def format_usage(self):
-        return self.option_strings[0]
-
 
 def whole(text):  # argparse's type for a whole number (its bounds are checked with the other values)
     try:

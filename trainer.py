@@ -289,14 +289,15 @@ def loss_curve_svg(records, width=640, height=360):
 # The run: what the command line describes, from the data to the last save.
 
 
-def training_data(options, encoder, n_ctx):
-    """The training ids and the held-out ids, each longer than a window."""
+def training_data(options, documents, val_documents, encoder, n_ctx):
+    """The training ids and the held-out ids (of val_documents, or the end of the documents), each
+    longer than a window."""
     if options.block_size > n_ctx:
         raise ValueError(f"--block_size {options.block_size} is more than the model's context of {n_ctx}")
     cache = os.path.join(options.models_dir, "tokens")
-    ids = tokenize(options.documents, encoder, cache)
-    if options.val_documents:
-        train_ids, val_ids = ids, tokenize(options.val_documents, encoder, cache)
+    ids = tokenize(documents, encoder, cache)
+    if val_documents:
+        train_ids, val_ids = ids, tokenize(val_documents, encoder, cache)
     else:
         split = int(len(ids) * (1 - options.val_fraction))
         train_ids, val_ids = ids[:split], ids[split:]
@@ -323,12 +324,14 @@ class TrainingRun:
     def __init__(self, options):
         self.options, self.out = options, options.out
         saved = open_run_folder(options)
-        options.documents = read_documents(options.data)  # bad data is refused before the model is loaded
-        options.val_documents = read_documents([options.val_file]) if options.val_file else None
+        documents = read_documents(options.data)  # bad data is refused before the model is loaded
+        val_documents = read_documents([options.val_file]) if options.val_file else None
         self.encoder, self.hparams, params = load_model(options.model or options.model_size, options.models_dir)
         self.n_head = self.hparams["n_head"]
         check_memory(self.hparams, options)
-        self.train_ids, self.val_ids = training_data(options, self.encoder, self.hparams["n_ctx"])
+        self.train_ids, self.val_ids = training_data(
+            options, documents, val_documents, self.encoder, self.hparams["n_ctx"]
+        )
         self.params = load_run_params(self.out) if saved else trainable(params)
         self.optimizer = AdamW(self.params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
         self.rng = np.random.default_rng(options.seed)

@@ -5,7 +5,7 @@ python train.py itself."""
 
 import numpy as np
 import pytest
-from helpers import N_HEAD, SMALL_HPARAMS
+from helpers import N_HEAD, SMALL_HPARAMS, needs
 
 import gpt2
 import train
@@ -234,8 +234,8 @@ def test_a_small_model_learns_real_text(tmp_path):
         pytest.skip("no licence texts in /usr/share/common-licenses to train on")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "licences.txt").write_text("\n\n".join(open(p, errors="replace").read() for p in paths))
-    hparams = {"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4, "n_layer": 2}
-    write_openai_model_dir(str(tmp_path / "models" / "124M"), hparams, random_openai_variables(hparams, 0))
+    needs("tensorflow")  # writes the model folder
+    write_openai_model_dir(str(tmp_path / "models" / "124M"), SMALL_HPARAMS, random_openai_variables(SMALL_HPARAMS, 0))
     args = [str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"), "--out", str(tmp_path / "run")]
     args += ["--steps", "100", "--block_size", "64", "--batch_size", "4", "--learning_rate", "6e-3"]
     trainer.main([*args, "--warmup_steps", "10", "--eval_every", "100", "--sample_every", "0", "--save_every", "100"])
@@ -326,6 +326,8 @@ def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, caps
     trainer.main([*train_args(small_run, "--steps", "2", "--eval_every", "1"), "--out", str(out)])
     trainer.main([*train_args(small_run, "--steps", "3", "--eval_every", "2", "--save_every", "7"), "--out", str(out)])
     assert "resuming the run in" in capsys.readouterr().err
+    state = __import__("json").loads((out / "state.json").read_text())
+    assert set(state["options"]) < {action.dest for action in trainer.make_parser()._actions}  # options, no data
     with pytest.raises(SystemExit) as stopped:
         trainer.main([*train_args(small_run, "--steps", "4", "--learning_rate", "1"), "--out", str(out)])
     assert stopped.value.code == 1 and "was started with other learning_rate" in capsys.readouterr().err
