@@ -310,23 +310,29 @@ class Parser(argparse.ArgumentParser):
     def parse(self, args, namespace=None, extra_positional=None):
         """The flags of args; an unknown flag is refused with the closest known one, an extra word with
         extra_positional(word, the options) or argparse's own message."""
-        options, extras = self.parse_known_args(args, namespace)
-        positional = [word for word in extras if not word.startswith("-") or word == "-"]
-        for word in extras:
-            if word.startswith("-") and word != "-":
-                raise UsageError(f"unknown flag {word.partition('=')[0]}{self.hint(word)}")
-        if positional:
-            raise UsageError(
-                extra_positional(positional[0], options) if extra_positional else f"unexpected {positional[0]!r}"
+        try:
+            options, extras = self.parse_known_args(args, namespace)
+        except UsageError:  # a flag missing or misused: an unknown one is the likelier mistake, said first
+            self.refuse_unknown_flags(
+                word for word in args[: args.index("--") if "--" in args else None] if word[:2] == "--"
             )
+            raise
+        self.refuse_unknown_flags(extras)
+        if extras:
+            raise UsageError(extra_positional(extras[0], options) if extra_positional else f"unexpected {extras[0]!r}")
         return options
 
-    def hint(self, word):
-        flags = sorted(s for action in self._actions for s in action.option_strings if s.startswith("--"))
-        name = word.partition("=")[0].lower()
-        close = [flag for flag in flags if flag.startswith(name)] if name.startswith("--") else []
-        close = close or difflib.get_close_matches(name, flags, n=1)  # a start, or a near spelling
-        return f"; did you mean {close[0]}?" if close else "; see --help"
+    def refuse_unknown_flags(self, words):
+        for flag in (word.partition("=")[0] for word in words):
+            if flag.startswith("-") and flag != "-" and flag not in self._option_string_actions:
+                raise UsageError(f"unknown flag {flag}{self.hint(flag)}")
+
+    def hint(self, flag):
+        names = sorted(s[2:] for action in self._actions for s in action.option_strings if s.startswith("--"))
+        name = flag.lower().lstrip("-")
+        close = [known for known in names if known.startswith(name)] if flag.startswith("--") and name else []
+        close = close or difflib.get_close_matches(name, names, n=1)  # a start, or a near spelling
+        return f"; did you mean --{close[0]}?" if close else "; see --help"
 
 
 class Switch(argparse.Action):
@@ -340,18 +346,17 @@ class Switch(argparse.Action):
         setattr(namespace, self.dest, not option_string.startswith("--no"))
 
 
-def whole(text):  # argparse's type for a whole number (its bounds are checked with the other values)
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+def number_type(convert, kind):  # an argparse type (the bounds are checked with the other values)
+    def parse(text):
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, not {text!r}") from None
+
+    return parse
 
 
-def real(text):  # argparse's type for a number
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+whole, real = number_type(int, "a whole number"), number_type(float, "a number")
 
 
 def checked(check, *args):
