@@ -185,10 +185,8 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, pad=0):  # [..
     x = wte[inputs] + wpe[positions]  # [..., n_new] -> [..., n_new, n_embd]
     empty = (np.arange(n_k) < pad) * np.float32(-1e10)  # hides a row's empty positions: [..., n_k]
     mask = causal_mask(n_new, n_k) + empty[..., None, None, :]  # [..., 1, n_new, n_k]
-    for block, buffer in zip(blocks, buffers):
-        x = transformer_block(
-            x, **block, n_head=n_head, mask=mask, kv_cache=KVCache(buffer, n_past)
-        )  # [..., n_new, n_embd]
+    for block, buffer in zip(blocks, buffers):  # x stays [..., n_new, n_embd]
+        x = transformer_block(x, **block, n_head=n_head, mask=mask, kv_cache=KVCache(buffer, n_past))
     return layer_norm(x[..., -1, :], **ln_f) @ wte.T, KVCache(buffers, n_k)  # [..., n_embd] -> [..., n_vocab]
 
 

@@ -358,14 +358,8 @@ class TrainingRun:
 
     def save(self):
         state = {"step": self.step, "rng": self.rng.bit_generator.state, "elapsed": self.elapsed}
-        save_run(
-            self.out,
-            self.params,
-            self.hparams,
-            self.encoder,
-            self.optimizer,
-            {**state, "options": recorded_options(self.options)},
-        )
+        state["options"] = recorded_options(self.options)
+        save_run(self.out, self.params, self.hparams, self.encoder, self.optimizer, state)
         with open(os.path.join(self.out, "loss.svg"), "w") as f:
             f.write(loss_curve_svg(self.records) if self.records else "")
 
