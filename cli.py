@@ -3,6 +3,7 @@
 gpt2.py holds the model, generation and scoring; this file the presentation: text streamed as it is
 generated, several samples under headers, the learners' view of the probabilities, JSON Lines in and
 out, and the interactive prompt. Every flag is checked before anything is loaded or downloaded.
+At the end, what train.py's command line shares with it: the parser, the checks, the exit codes.
 """
 
 import argparse
@@ -507,12 +508,11 @@ def fail(message, exit_code):
     sys.exit(exit_code)
 
 
-def run_command(work, *args):
-    """work(*args) as a command: one line on stderr for each mistake, and the exit code: 2 for a usage
-    mistake, 1 for a failure at run time, 130 for Ctrl-C, 128 + N for signal N (141 when the reader of
-    the output has gone, as `| head` does)."""
+def run_command(work):
+    """work() as a command: one line on stderr for each mistake, and the exit code: 2 for a usage mistake,
+    1 for a failure at run time, 130 for Ctrl-C, 128 + N for signal N (141: the reader left, as `| head`)."""
     try:
-        return work(*args)
+        return work()
     except UsageError as e:
         fail(e, 2)
     except (ValueError, OSError, ImportError, MemoryError) as e:

@@ -10,6 +10,8 @@ chain rule; they come in the order a reader meets the forward functions.
 
 `grads` is a nested dict shaped like `params`. Every gradient is checked against PyTorch's autograd
 (HuggingFace's GPT2LMHeadModel on the same weights) and against jax.grad(gpt2.lm_loss) in the tests.
+The run around this lesson (the data, the run folder, the loop, the command line) is trainer.py,
+which `python train.py ...` runs.
 """
 
 import functools
