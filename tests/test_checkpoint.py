@@ -33,6 +33,7 @@ def assert_reads_as_tensorflow(prefix):
     return ours
 
 
+@pytest.mark.slow
 def test_reads_exactly_what_tensorflow_reads(small_models_dir, tmp_path):
     """Every tensor read also passed its crc32c check, masked as TensorFlow stored it."""
     assert (
@@ -57,6 +58,7 @@ def flip_a_bit(path, offset):
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_flipped_bit_in_the_data_is_found_and_named(damaged_copy):
     prefix = damaged_copy / "124M" / "model.ckpt"
     entries = checkpoint.read_index(f"{prefix}.index")
@@ -84,6 +86,7 @@ def test_an_index_entry_whose_size_disagrees_with_its_shape(damaged_copy, monkey
         list(checkpoint.read_tensors(prefix))
 
 
+@pytest.mark.slow
 def test_flipped_bit_is_downloaded_again(damaged_copy, model_server, monkeypatch, small_params, capsys):
     monkeypatch.setenv("GPT2_BASE_URL", model_server.url)
     flip_a_bit(damaged_copy / "124M" / DATA, os.path.getsize(damaged_copy / "124M" / DATA) - 5)
@@ -140,6 +143,7 @@ def test_index_that_disagrees_with_hparams(damaged_copy, model_server, monkeypat
     assert len(model_server.hits(DATA)) == 1  # downloaded again once, in case the checkpoint was at fault
 
 
+@pytest.mark.slow
 def test_the_command_line_never_imports_tensorflow(damaged_copy, golden, tiktoken_gpt2):
     """The first load, conversion included, in a Python where importing TensorFlow fails."""
     code = (

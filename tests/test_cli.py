@@ -24,6 +24,7 @@ import cli as cli_module
 from storage import files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["gpt2.py", "gpt2_pico.py"])
 def test_generates_the_same_text_as_hf(small_models_dir, golden, tiktoken_gpt2, script):
     result = run_gpt2(PROMPT, "--n_tokens_to_generate", "8", "--models_dir", str(small_models_dir), script=script)
@@ -31,6 +32,7 @@ def test_generates_the_same_text_as_hf(small_models_dir, golden, tiktoken_gpt2, 
     assert result.stdout == tiktoken_gpt2.decode(golden["greedy_ids"][:8].tolist()) + "\n"
 
 
+@pytest.mark.slow
 def test_first_load_prints_no_tensorflow_noise(models_copy):
     shutil.rmtree(models_copy / "124M" / "npy")
     result = run_gpt2("Hello", "--n_tokens_to_generate", "1", "--models_dir", str(models_copy))
@@ -88,6 +90,7 @@ def test_an_empty_file_is_refused_rather_than_sampled_from_nothing(small_models_
     assert result.returncode == 1
 
 
+@pytest.mark.slow
 def test_the_models_folder_is_the_same_wherever_the_command_runs(small_models_dir, tmp_path):
     """Beside the code by default, or $GPT2_MODELS_DIR: never a new ./models in the folder the command runs in."""
     import subprocess
@@ -140,6 +143,7 @@ def test_main_stops_at_end_of_text_and_prints_nothing_of_it(end_of_text_params, 
     assert capsys.readouterr().out == "<|endoftext|>" * 3 + "\n"
 
 
+@pytest.mark.slow
 def test_prompt_from_stdin(small_models_dir, capsys):
     expected = cli(capsys, PROMPT, "-n", "5", "--models_dir", str(small_models_dir)).stdout
     for stdin in (PROMPT + "\n", PROMPT):  # as `echo` sends it, and without the newline
@@ -148,6 +152,7 @@ def test_prompt_from_stdin(small_models_dir, capsys):
         assert result.stdout == expected
 
 
+@pytest.mark.slow
 def test_a_crlf_line_on_stdin_is_the_prompt_without_its_line_end(small_models_dir, capsys):
     """`echo text |` on Windows, or a file saved there, ends the line with \\r\\n."""
     expected = cli(capsys, "Hello", "-n", "4", "--models_dir", str(small_models_dir))
@@ -155,6 +160,7 @@ def test_a_crlf_line_on_stdin_is_the_prompt_without_its_line_end(small_models_di
     assert result.returncode == 0 and result.stdout == expected.stdout
 
 
+@pytest.mark.slow
 def test_non_utf8_stdin(small_models_dir):
     result = run_gpt2("-", "--models_dir", str(small_models_dir), stdin=b"caf\xe9 au lait")
     assert_clean_error(result, "not UTF-8", "0xe9")
@@ -177,6 +183,7 @@ def test_empty_prompt_starts_from_end_of_text(small_models_dir, hf_small, tiktok
     assert result.stdout == hf_greedy_text(hf_small, tiktoken_gpt2, [tiktoken_gpt2.eot_token], 4) + "\n"
 
 
+@pytest.mark.slow
 def test_sampling_flags_are_repeatable_with_a_seed(small_models_dir, capsys):
     args = (PROMPT, "-n", "10", "--models_dir", str(small_models_dir), "--temperature", "1.0", "--top_k", "40")
     args += ("--top_p", "0.9")
@@ -303,6 +310,7 @@ def test_exit_codes(tmp_path, monkeypatch, fast_retries, capsys, args, code):
         assert os.listdir(tmp_path) == []  # no empty folder, no lock file, no partial file under any name
 
 
+@pytest.mark.slow
 def test_usage_mistake_and_no_network_from_a_new_process(tmp_path):
     result = run_gpt2(PROMPT, "--temprature", "1", "--models_dir", str(tmp_path))
     assert_clean_error(result, "did you mean --temperature?")
@@ -312,6 +320,7 @@ def test_usage_mistake_and_no_network_from_a_new_process(tmp_path):
     assert result.returncode == 1 and os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_text_flags_arrive_as_typed(small_models_dir, tmp_path, monkeypatch, capsys):
     """fire alone would hand main the number 2024 for --models_dir 2024, and a list for "[models]"."""
     monkeypatch.chdir(tmp_path)
@@ -322,6 +331,7 @@ def test_text_flags_arrive_as_typed(small_models_dir, tmp_path, monkeypatch, cap
             assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_import_gpt2_loads_numpy_only_and_python_gpt2_runs_it_once():
     """gpt2.py as a script registers itself as the module gpt2, so cli.py's import finds it."""
     import subprocess

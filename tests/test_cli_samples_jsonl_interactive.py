@@ -24,6 +24,7 @@ def samples(stdout, n):
     return ["\n".join(lines[a + 1 : b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
 
 
+@pytest.mark.slow
 def test_n_samples_format_seed_and_batch_size(small_models_dir, small_params, encoder, capsys):
     args = (PROMPT, "-n", "12", "--n_samples", "5", "--temperature", "1", "--top_k", "50", "--seed", "7")
     first = cli(capsys, *args, "--models_dir", str(small_models_dir))
@@ -49,6 +50,7 @@ def test_greedy_samples_are_identical_and_said_so(small_models_dir, golden, tikt
     ]
 
 
+@pytest.mark.slow
 def test_jsonl_generation_keeps_keys_and_order(small_models_dir, tmp_path, golden, tiktoken_gpt2, capsys):
     records = [
         {"id": "b", "prompt": PROMPT, "meta": {"source": ["x", 1]}},
@@ -87,6 +89,7 @@ def test_jsonl_prompt_that_exactly_fits_the_context(small_models_dir, tmp_path, 
     assert_clean_error(result, f"{path} line 1: the prompt has 61 tokens and 4 more were asked for")
 
 
+@pytest.mark.slow
 def test_jsonl_scoring_equals_score_alone(small_models_dir, tmp_path, small_params, encoder, capsys):
     texts = [PROMPT, "Hello there.", (PROMPT + ". ") * 12, "A b", PROMPT[::-1]]  # the third is several windows long
     assert len(encoder.encode(texts[2])) > SMALL_HPARAMS["n_ctx"]
@@ -104,6 +107,7 @@ def test_jsonl_scoring_equals_score_alone(small_models_dir, tmp_path, small_para
         assert line["perplexity"] == pytest.approx(np.exp(line["nll"]), rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, fragment",
     [
@@ -123,6 +127,7 @@ def test_jsonl_bad_lines(small_models_dir, tmp_path, capsys, content, fragment):
     assert result.returncode == 1
 
 
+@pytest.mark.slow
 def test_jsonl_bad_lines_for_scoring(small_models_dir, tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "Hello world"}\n{"text": "Hello"}\n', encoding="utf-8")
@@ -133,6 +138,7 @@ def test_jsonl_bad_lines_for_scoring(small_models_dir, tmp_path, capsys):
     assert result.stderr == 'error: standard input line 1: no "text" key\n'
 
 
+@pytest.mark.slow
 def test_interactive_through_piped_input(small_models_dir, capsys):
     prompts = [PROMPT, "", "Hello, world"]
     result = run_gpt2(
@@ -147,6 +153,7 @@ def test_interactive_through_piped_input(small_models_dir, capsys):
     assert result.stdout == expected + "Model prompt >>> \n"  # then the end of input ends it
 
 
+@pytest.mark.slow
 def test_interactive_samples(small_models_dir, capsys):
     args = ("-n", "5", "--n_samples", "2", "--temperature", "1", "--seed", "3", "--models_dir", str(small_models_dir))
     result = run_gpt2("--interactive", *args, stdin=PROMPT + "\n")
@@ -155,6 +162,7 @@ def test_interactive_samples(small_models_dir, capsys):
     assert result.stdout == "Model prompt >>> " + alone + "Model prompt >>> \n"
 
 
+@pytest.mark.slow
 def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(small_models_dir):
     process = start_gpt2("--interactive", "--models_dir", str(small_models_dir), stdin=subprocess.PIPE)
     read_until(process.stdout, ">>> ")
@@ -163,6 +171,7 @@ def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(small_models_dir):
     assert process.returncode == 130 and stderr == ""
 
 
+@pytest.mark.slow
 def test_interactive_ctrl_c_with_piped_prompts_ends_the_run(small_models_dir, tmp_path):
     """Prompts from a pipe or a file are a batch job: Ctrl-C ends it (130) instead of moving on to the next line."""
     (tmp_path / "prompts.txt").write_text("Hello\n" * 2000)

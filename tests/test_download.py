@@ -24,6 +24,7 @@ def final_names(model_dir):
 # Downloads into an empty folder
 
 
+@pytest.mark.slow
 def test_downloads_a_complete_model(served, tmp_path, small_params):
     _, hparams, params = load(tmp_path)
     assert hparams == SMALL_HPARAMS
@@ -61,6 +62,7 @@ def test_404_is_a_clear_error(served, tmp_path):
     assert "checkpoint" not in final_names(tmp_path / "124M")
 
 
+@pytest.mark.slow
 def test_partial_file_is_resumed_on_the_next_run(served, tmp_path, small_models_dir, small_params):
     model_dir = tmp_path / "124M"
     model_dir.mkdir()
@@ -254,6 +256,7 @@ def test_killed_download_resumes_on_the_next_run(model_server, tmp_path, small_p
     assert_same_params(load(tmp_path)[2], small_params)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_download(model_server, tmp_path):
     model_server.modes[DATA] = "throttle"
     process = start_loading(tmp_path, model_server, "Hello", "--models_dir", str(tmp_path))

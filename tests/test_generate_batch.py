@@ -35,6 +35,7 @@ def test_batch_greedy_rows_are_hf_greedy(small_params, golden):
     assert rows == [gpt2.generate(inputs, small_params, N_HEAD, GREEDY_TOKENS) for inputs in prompts]
 
 
+@pytest.mark.slow
 def test_batch_size_never_changes_the_ids(long_params):
     prompts = ragged_prompts(1, (5, 40, 1, 12, 12, 90, 3), LONG_HPARAMS["n_vocab"])
     for sampling in ({}, {"temperature": 1.0, "seed": 5}, {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 6}):

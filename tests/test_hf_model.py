@@ -59,6 +59,7 @@ def check_against_hf(model, params, hparams, ids, n_greedy):
     )
 
 
+@pytest.mark.slow
 def test_a_folder_saved_by_huggingface_gives_its_logits_and_greedy_text(small_hf_folder, hf_small, tmp_path, capsys):
     encoder, hparams, params = utils.load_model(small_hf_folder, str(tmp_path))
     assert hparams == SMALL_HPARAMS
@@ -91,6 +92,7 @@ def test_the_124M_shape(tmp_path):
     check_against_hf(model, params, hparams, np.random.RandomState(4).randint(0, 50257, 30).tolist(), 8)
 
 
+@pytest.mark.slow
 def test_older_key_style_with_mask_buffers_reads_the_same(folder_copy, small_hf_folder, tmp_path):
     """As in the files converted from OpenAI's (openai-community/gpt2): no "transformer." prefix, the causal
     masks stored as h.N.attn.bias, and lm_head.weight beside wte."""
@@ -107,6 +109,7 @@ def test_older_key_style_with_mask_buffers_reads_the_same(folder_copy, small_hf_
     assert_same_params(params, utils.load_model(small_hf_folder, str(tmp_path / "b"))[2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_files_give_the_float32_logits_of_their_rounded_weights(hf_small, tmp_path, dtype):
     from transformers import GPT2LMHeadModel
@@ -255,6 +258,7 @@ def test_pickled_weights_alone_are_refused(folder_copy, tmp_path):
         utils.load_model(str(folder_copy), str(tmp_path / "models"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("merges_as", ["a b", "pairs"])  # newer versions of HuggingFace's tokenizers write pairs
 def test_a_tokenizer_json_alone_is_read(folder_copy, tmp_path, tiktoken_gpt2, merges_as):
     vocabulary = json.loads((folder_copy / "vocab.json").read_text(encoding="utf-8"))
@@ -271,6 +275,7 @@ def test_a_tokenizer_json_alone_is_read(folder_copy, tmp_path, tiktoken_gpt2, me
     assert encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
+@pytest.mark.slow
 def test_weights_changed_in_place_are_converted_again(folder_copy, tmp_path):
     """A run folder trained further keeps its header byte for byte (the same names, shapes and
     offsets): loaded again, it gives the new weights, not the old converted copy."""
@@ -335,6 +340,7 @@ def hub(small_hf_folder, tmp_path, monkeypatch, fast_retries):
         yield server
 
 
+@pytest.mark.slow
 def test_a_model_from_the_hub_is_downloaded_once_and_checked(hub, tmp_path, small_hf_folder):
     hub.modes["model.safetensors"] = "etag"  # the hub vouches for large files with their sha256
     _, hparams, params = utils.load_model("someone/tiny-gpt2", str(tmp_path / "models"))
@@ -344,6 +350,7 @@ def test_a_model_from_the_hub_is_downloaded_once_and_checked(hub, tmp_path, smal
     assert len(hub.requests) == 4  # the second load asks nothing
 
 
+@pytest.mark.slow
 def test_hub_faults(hub, tmp_path):
     hub.modes["model.safetensors"] = "drop_once"  # broken off midway: resumed
     utils.load_model("someone/tiny-gpt2", str(tmp_path / "models"))
@@ -357,6 +364,7 @@ def test_hub_faults(hub, tmp_path):
         utils.load_model("someone/tiny-gpt2", str(tmp_path / "third"))
 
 
+@pytest.mark.slow
 def test_hub_model_without_safetensors_or_merges(hub, tmp_path):
     files = os.path.join(hub.root, "someone", "tiny-gpt2", "resolve", "main")
     vocabulary = json.loads(open(os.path.join(files, "vocab.json"), encoding="utf-8").read())
@@ -377,6 +385,7 @@ def test_hub_model_without_safetensors_or_merges(hub, tmp_path):
     assert not (tmp_path / "other" / "hf" / "someone--nothing@main").exists()  # the failed download left nothing
 
 
+@pytest.mark.slow
 def test_a_model_in_huggingfaces_cache_is_used_without_a_request(small_hf_folder, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     commit = "0123456789abcdef0123456789abcdef01234567"

@@ -42,6 +42,7 @@ def test_matrices_are_stored_column_by_column_and_older_layouts_rebuilt(models_c
     assert json.loads(manifest_path.read_text())["format"] == npy_copy.MANIFEST_FORMAT
 
 
+@pytest.mark.slow
 def test_second_load_needs_no_tensorflow(models_copy, small_params, tmp_path):
     code = (
         "import sys, numpy as np, utils\n"
@@ -58,6 +59,7 @@ def converted_file(models_dir, name="blocks.0.attn.c_attn.w.npy"):
     return models_dir / "124M" / "npy" / name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "delete", "manifest", "checkpoint_changed"])
 def test_damaged_or_stale_copy_is_rebuilt(models_copy, small_params, damage, capsys):
     path = converted_file(models_copy)

@@ -72,6 +72,7 @@ def test_greedy_settings_give_the_greedy_ids(small_params, golden):
     assert gpt2.generate(PROMPT_IDS, small_params, N_HEAD, GREEDY_TOKENS, temperature=1.0, top_k=1, seed=7) == greedy
 
 
+@pytest.mark.slow
 def test_seed_makes_sampling_repeatable(small_params):
     def run(seed):
         return gpt2.generate(PROMPT_IDS, small_params, N_HEAD, 20, temperature=1.0, top_p=0.95, seed=seed)

@@ -41,6 +41,7 @@ def check_against_guide(ids, params, stride, losses, counts):
     assert np.isnan(nlls).sum() == len(ids) - sum(counts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", SCORE_STRIDES)
 def test_matches_hf_guide_golden(small_params, golden_score, stride):
     ids = golden_score["ids"].tolist()

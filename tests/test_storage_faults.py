@@ -29,6 +29,7 @@ def test_a_killed_conversions_folder_is_removed_by_the_next_run(models_copy, sma
     assert not litter.exists() and (model_dir / "npy").is_dir()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_during_conversion_leave_nothing(models_copy, signum):
     """`python gpt2.py` converting a checkpoint whose every tensor takes 50 ms to write, so that the
@@ -136,6 +137,7 @@ def test_a_copied_folder_made_read_only_loads_without_writing(small_models_dir, 
         assert_same_params(load(copy)[2], small_params)
 
 
+@pytest.mark.slow
 def test_a_read_only_folder_that_needs_work_says_so(models_copy):
     shutil.rmtree(models_copy / "124M" / "npy")
     with mounted("--bind", "-o", "ro", str(models_copy), str(models_copy)):

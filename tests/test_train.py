@@ -95,6 +95,7 @@ def test_the_learning_rate_warms_up_then_follows_the_cosine_after_warm_up():
     assert train.learning_rate_at(warmup + 500, peak, warmup, "constant", total) == peak
 
 
+@pytest.mark.slow
 def test_the_token_cache_tells_two_tokenizers_of_one_size_apart(encoder, tmp_path):
     """Two tokenizers with the same number of entries give other ids: each its own cached ids."""
     import copy
@@ -320,6 +321,7 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert stopped.value.code == 2
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, capsys):
     """They change nothing the run computes; another learning rate does, and is refused."""
     out = small_run / "run"
@@ -333,6 +335,7 @@ def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, caps
     assert stopped.value.code == 1 and "was started with other learning_rate" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_another_run_folder_given_as_model(small_run):
     """--model RUN starts from that run's weights: one step at learning rate 0 keeps them as they are."""
     first, second = small_run / "first", small_run / "second"
@@ -367,6 +370,7 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
     assert result.returncode == 0 and result.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "write, message",
     [
