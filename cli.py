@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 import gpt2
-from gpt2 import END_OF_TEXT, check_whole_number, plural
+from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB, check_whole_number, plural
 from storage.files import JsonlError, read_jsonl, read_utf8
 from utils import DEFAULT_MODELS_DIR, check_model_name, check_model_size, check_models_dir, check_revision, load_model
 
@@ -29,9 +29,6 @@ DEFAULT_BATCH_SIZE = 16
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print them
 INTERACTIVE_PROMPT = "Model prompt >>> "
 MAX_SHOWN = 50  # --show_probs: candidates on one line, more than a learner reads
-# Every GPT-2 has OpenAI's vocabulary, <|endoftext|> its last entry, and a context of 1024 tokens: the
-# flags are checked against these before a model is loaded (a smaller context, once it is).
-N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
 
 
 class Run(argparse.Namespace):

@@ -27,6 +27,9 @@ if sys.version_info < (3, 10):  # noqa: UP036 (one clear line for the Pythons be
 import numpy as np
 
 END_OF_TEXT = 50256  # id of <|endoftext|>, the token OpenAI put between documents
+# Every GPT-2 has OpenAI's vocabulary, <|endoftext|> its last entry, and a context of at most 1024
+# tokens: what is asked of a model can be checked against these before it is loaded
+N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
 # Above this, logits / temperature are all but equal and every token about as likely as any other
 MAX_TEMPERATURE = 100
 

@@ -31,9 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 import gpt2
-from gpt2 import END_OF_TEXT
+from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB
 
-N_CTX = 1024  # every GPT-2's context: no request asks for more new tokens (its model's own is checked later)
 MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
 # A body over the limit is still read, up to this, before the answer: a client that sends it whole
 # before it reads then gets its 400 rather than a broken pipe
@@ -119,10 +118,10 @@ def optional(check):
 COMPLETION_FIELDS = {
     "model": (text, None),
     "prompt": (prompts, None),
-    "max_tokens": (whole(1, N_CTX), 16),
+    "max_tokens": (whole(1, N_CTX), 16),  # at most any GPT-2's context (the model's own is checked later)
     "temperature": (number(0, 2), 1.0),
     "top_p": (number(0, 1, low_open=True), 1.0),
-    "top_k": (whole(0, END_OF_TEXT + 1), 0),
+    "top_k": (whole(0, N_VOCAB), 0),
     "n": (whole(1, MAX_CHOICES), 1),
     "stream": (boolean, False),
     "logprobs": (optional(whole(0, MAX_LOGPROBS)), None),
