@@ -25,6 +25,14 @@ def pytest_configure(config):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(config.suite_temp, "torchinductor")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The live comparisons with HuggingFace's model are slow (importing transformers alone takes
+    seconds): the quick tier has the golden files' comparisons instead."""
+    for item in items:
+        if "hf_small" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
     if getattr(config, "suite_temp", None):
         shutil.rmtree(config.suite_temp, ignore_errors=True)
