@@ -18,9 +18,10 @@ import sys
 import numpy as np
 
 import gpt2
+import utils
 from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB, check_whole_number, plural
 from storage.files import JsonlError, read_jsonl, read_utf8
-from utils import DEFAULT_MODELS_DIR, check_model_name, check_model_size, check_models_dir, check_revision, load_model
+from utils import DEFAULT_MODEL_SIZE, DEFAULT_MODELS_DIR, load_model
 
 # Rows that decode together by default: more rows make more tokens per second, but the KV cache grows
 # with them (a row of 124M with its full context takes 75 MB, of 1558M 630 MB); 16 keeps a
@@ -41,7 +42,7 @@ class Run(argparse.Namespace):
 
     @property
     def model_name(self):
-        return self.model or self.model_size or "124M"
+        return self.model or self.model_size or DEFAULT_MODEL_SIZE
 
     def load(self):
         self.encoder, self.hparams, self.params = load_model(self.model_name, self.models_dir, self.revision)
@@ -307,7 +308,7 @@ class Parser(argparse.ArgumentParser):
 
     def parse(self, args, namespace=None, extra_positional=None):
         """The flags of args; an unknown flag is refused with the closest known one, an extra word with
-        extra_positional(word, the options) or argparse's own message."""
+        the message extra_positional(word, the options) makes of it."""
         try:
             options, extras = self.parse_known_args(args, namespace)
         except UsageError:  # a flag missing or misused: an unknown one is the likelier mistake, said first
@@ -396,7 +397,7 @@ def make_parser():
     text.add_argument("--jsonl", metavar="PATH", help='read one JSON object per line from this file ("-" for standard input) and print one per result: generation reads "prompt" and adds "sample", "completion" and "n_tokens"; --score reads "text" and adds "n_tokens", "n_scored", "nll" and "perplexity". Other keys are kept. (default: none)')
     text.add_argument("--interactive", action=Switch, help='ask for prompts one after another ("Model prompt >>> "), with the model loaded once. Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.')
     model = parser.add_argument_group("the model")
-    model.add_argument("--model_size", metavar="SIZE", help="which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower) (default: 124M)")
+    model.add_argument("--model_size", metavar="SIZE", help=f"which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower) (default: {DEFAULT_MODEL_SIZE})")
     model.add_argument("--model", metavar="NAME_OR_PATH", help="instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's (config.json, model.safetensors, vocab.json, merges.txt), a training run's folder, or a model on the HuggingFace hub such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there) (default: none)")
     model.add_argument("--revision", metavar="REVISION", default="main", help="with --model NAME, the hub's branch, tag or commit to take (default: %(default)s)")
     model.add_argument("--models_dir", metavar="DIR", default=DEFAULT_MODELS_DIR, help="the folder for the models; a missing model is downloaded there first, and the converted copy of every model is kept there (default: $GPT2_MODELS_DIR, else the models folder beside gpt2.py: %(default)s)")
@@ -408,8 +409,8 @@ def make_parser():
     generation.add_argument("--seed", metavar="N", type=whole, help="a whole number that makes sampling repeatable: the same seed gives the same text (default: none, each run differs)")
     generation.add_argument("--stop_at_end_of_text", action=Switch, default=True, help="stop when the model ends the document (<|endoftext|>); --nostop_at_end_of_text goes on past it")
     generation.add_argument("--n_samples", metavar="N", type=whole, default=1, help='how many continuations of the prompt to make; each is printed whole under a header line "======== SAMPLE i ========". With a seed, the same command prints the same samples (default: %(default)s)')
-    parser.add_argument_group("speed and memory").add_argument("--batch_size", metavar="N", type=whole, default=DEFAULT_BATCH_SIZE, help="how many continuations are made together, and with --serve how many requests: more is faster per token and takes more memory; the text is the same whatever it is (default: %(default)s)")
     generation.add_argument("--show_probs", metavar="N", type=whole, default=0, help=f"for learners: after each new token, show it and the model's N most likely candidates (at most {MAX_SHOWN}) with their probabilities, then the whole text. With --score, show each token of the text with the probability the model gave it and its surprisal (-log2 of it, in bits) (default: %(default)s)")
+    parser.add_argument_group("speed and memory").add_argument("--batch_size", metavar="N", type=whole, default=DEFAULT_BATCH_SIZE, help="how many continuations are made together, and with --serve how many requests: more is faster per token and takes more memory; the text is the same whatever it is (default: %(default)s)")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--score", action=Switch, help="instead of generating, print how well the model predicts the text: the mean negative log-likelihood per token and the perplexity (lower is better)")
     scoring.add_argument("--stride", metavar="N", type=whole, help="with --score, on a text longer than the context, start a new window every N tokens; smaller strides give tokens more context (default: the context, 1024: no overlap)")
@@ -437,16 +438,12 @@ def check_flags(run):
         raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
     if run.prompt is not None and not isinstance(run.prompt, str):
         raise UsageError(f"the prompt must be text, not {run.prompt!r}")
-    if run.model is not None and run.model_size is not None:
-        raise UsageError("give --model or --model_size, not both")
+    check_model_flags(run.model, run.model_size)
     if run.revision != "main" and run.model is None:
         raise UsageError("--revision goes with --model NAME, a model on the HuggingFace hub")
     if run.model is not None:
-        checked(check_model_name, run.model)
-        checked(check_revision, run.revision)
-    if run.model_size is not None:
-        checked(check_model_size, run.model_size)
-    checked(check_models_dir, run.models_dir)
+        checked(utils.check_revision, run.revision)
+    checked(utils.check_models_dir, run.models_dir)
     checked(check_whole_number, "show_probs", run.show_probs, 0, MAX_SHOWN)
     for name in ("n_samples", "batch_size"):
         checked(check_whole_number, name, getattr(run, name), 1)
@@ -456,6 +453,15 @@ def check_flags(run):
         checked(check_whole_number, "stride", run.stride, 1, N_CTX)
     checked(gpt2.check_sampling, run.temperature, run.top_k, run.top_p, run.seed, N_VOCAB)
     check_combinations(run)
+
+
+def check_model_flags(model, model_size):  # gpt2.py's and train.py's --model and --model_size
+    if model is not None and model_size is not None:
+        raise UsageError("give --model or --model_size, not both")
+    if model is not None:
+        checked(utils.check_model_name, model)
+    if model_size is not None:
+        checked(utils.check_model_size, model_size)
 
 
 def check_combinations(run):
@@ -500,23 +506,17 @@ def terminate(signum, frame):
     raise Terminated(signum)
 
 
-def fail(message, exit_code):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(exit_code)
-
-
 def run_command(work):
     """work() as a command: one line on stderr for each mistake, and the exit code: 2 for a usage mistake,
     1 for a failure at run time, 130 for Ctrl-C, 128 + N for signal N (141: the reader left, as `| head`)."""
     try:
         return work()
-    except UsageError as e:
-        fail(e, 2)
-    except (ValueError, OSError, ImportError, MemoryError) as e:
+    except (ValueError, OSError, ImportError, MemoryError) as e:  # UsageError among them
         if isinstance(e, BrokenPipeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             sys.exit(128 + signal.SIGPIPE)
-        fail(e, 1)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -15,16 +15,15 @@ import time
 import numpy as np
 
 import gpt2
-from cli import Parser, UsageError, checked, real, run_command, terminate, whole
+from cli import Parser, UsageError, check_model_flags, checked, real, run_command, terminate, whole
 from gpt2 import END_OF_TEXT, check_number, check_whole_number
 from storage import hf, npy_copy, safetensors_file
-from storage.files import fsync_path, read_jsonl, read_utf8, synced
+from storage.files import NotUTF8, fsync_path, read_jsonl, read_utf8, synced
 from train import AdamW, clip_gradients, learning_rate_at, leaves, loss_and_grads, trainable
 from utils import (
+    DEFAULT_MODEL_SIZE,
     DEFAULT_MODELS_DIR,
     MODEL_HPARAMS,
-    check_model_name,
-    check_model_size,
     expected_shapes,
     load_model,
     nest,
@@ -49,7 +48,7 @@ def read_documents(paths):
                 continue
             try:
                 documents.append(read_utf8(name))
-            except UnicodeDecodeError:
+            except NotUTF8:
                 if name == path:
                     raise
                 skipped.append(name)
@@ -93,15 +92,32 @@ def tokenize(documents, encoder, cache_dir):
         ids.append(END_OF_TEXT)
     ids = np.array(ids, dtype=np.uint16)
     os.makedirs(cache_dir, exist_ok=True)
-    for name in os.listdir(cache_dir):  # from a run killed while it wrote
-        if name.endswith(".partial"):
-            os.remove(os.path.join(cache_dir, name))
+    remove_leftovers(cache_dir)
     partial = f"{path}.{os.getpid()}.partial"
     with open(partial, "wb") as f:
         np.save(f, ids)
         synced(f)
     os.replace(partial, path)
     return ids
+
+
+def remove_leftovers(cache_dir):
+    """The partial files of runs that were killed while they wrote: NAME.PID.partial whose process is
+    gone (another run that shares the folder may be writing its own)."""
+    for name in os.listdir(cache_dir):
+        *_, pid, suffix = name.split(".")
+        if suffix == "partial" and pid.isdigit() and not process_alive(int(pid)):
+            os.remove(os.path.join(cache_dir, name))
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def random_windows(ids, rng, n_batch, block_size):  # -> [n_batch, block_size + 1]
@@ -427,18 +443,12 @@ class TrainingRun:
 
 
 def make_parser():
-    needed = memory_needed(MODEL_HPARAMS["124M"], 4, 256) / 1e9
-    parser = Parser(
-        prog="python train.py",
-        description=f"Fine-tune GPT-2 on your own text, in NumPy. The defaults suit a CPU: 124M, batches of "
-        f"4 windows of 256 tokens (about {needed:.1f} GB of memory), a small learning rate for fine-tuning.",
-        epilog="example: python train.py notes/ --out runs/notes --steps 300",
-    )
+    parser = Parser(prog="python train.py", epilog="example: python train.py notes/ --out runs/notes --steps 300")
     # fmt: off
     add = parser.add_argument
     add("data", nargs="+", help='UTF-8 text files, folders of them, or .jsonl files with a "text" field')
     add("--out", required=True, help="the run folder: the model (HuggingFace's layout), optimizer state, log.jsonl, loss.svg")
-    add("--model_size", help="which of OpenAI's models to start from: 124M, 355M, 774M or 1558M (default: 124M)")
+    add("--model_size", help=f"which of OpenAI's models to start from: 124M, 355M, 774M or 1558M (default: {DEFAULT_MODEL_SIZE})")
     add("--model", help="instead, any model gpt2.py loads: a folder (a run folder too) or a hub name")
     add("--models_dir", default=DEFAULT_MODELS_DIR, help="where models, converted copies and tokenized data are kept (default: %(default)s)")
     add("--steps", type=whole, default=1000, help="optimizer steps in all (default: %(default)s)")
@@ -458,6 +468,12 @@ def make_parser():
     add("--seed", type=whole, default=1, help="the random windows' seed (default: %(default)s)")
     add("--fresh", action="store_true", help="start over in a run folder that holds a run")
     # fmt: on
+    n_batch, block_size = parser.get_default("batch_size"), parser.get_default("block_size")
+    needed = memory_needed(MODEL_HPARAMS[DEFAULT_MODEL_SIZE], n_batch, block_size) / 1e9
+    parser.description = (
+        f"Fine-tune GPT-2 on your own text, in NumPy. The defaults suit a CPU: {DEFAULT_MODEL_SIZE}, batches of "
+        f"{n_batch} windows of {block_size} tokens (about {needed:.1f} GB of memory), a small learning rate for fine-tuning."
+    )
     return parser
 
 
@@ -474,13 +490,8 @@ def parse_arguments(args):
         raise UsageError("give --val_fraction or --val_file, not both")
     if options.val_file is not None:
         options.val_fraction = 0.0
-    if options.model is not None and options.model_size is not None:
-        raise UsageError("give --model or --model_size, not both")
-    if options.model is not None:
-        checked(check_model_name, options.model)
-    if options.model_size is not None:
-        checked(check_model_size, options.model_size)
-    options.model_size = options.model_size or ("124M" if options.model is None else None)
+    check_model_flags(options.model, options.model_size)
+    options.model_size = options.model_size or (DEFAULT_MODEL_SIZE if options.model is None else None)
     if os.path.exists(options.out) and not os.path.isdir(options.out):
         raise UsageError(f"--out {options.out} is a file: give a folder for the run")
     return options

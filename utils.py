@@ -35,6 +35,7 @@ MODEL_HPARAMS = {
     )
 }
 MODEL_SIZES = tuple(MODEL_HPARAMS)
+DEFAULT_MODEL_SIZE = MODEL_SIZES[0]  # the smallest: the one a CPU runs best
 FILES = (
     "checkpoint",
     "encoder.json",

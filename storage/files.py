@@ -71,10 +71,14 @@ def sha256_of(path):
 MAX_INPUT_BYTES = 100_000_000
 
 
+def source_name(path):  # how messages name what is read: "-" is standard input
+    return "standard input" if path == "-" else path
+
+
 def read_bytes(path):
     """The bytes of a file, or of standard input for "-", read piece by piece so that Ctrl-C stops it,
     and at most MAX_INPUT_BYTES of them."""
-    source = "standard input" if path == "-" else path
+    source = source_name(path)
     pieces, size = [], 0
     try:
         with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as f:
@@ -90,11 +94,8 @@ def read_bytes(path):
     return b"".join(pieces)
 
 
-class NotUTF8(UnicodeDecodeError, ValueError):
-    """A file that is not UTF-8 text, with a message that names it and the first bad byte."""
-
-    def __str__(self):
-        return f"{self.source} is not UTF-8 text (byte {self.object[self.start]:#04x} at offset {self.start})"
+class NotUTF8(ValueError):
+    """A file that is not UTF-8 text."""
 
 
 def read_utf8(path):
@@ -103,9 +104,9 @@ def read_utf8(path):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        error = NotUTF8(e.encoding, e.object, e.start, e.end, e.reason)
-        error.source = "standard input" if path == "-" else path
-        raise error from None
+        raise NotUTF8(
+            f"{source_name(path)} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})"
+        ) from None
 
 
 class JsonlError(ValueError):
@@ -115,7 +116,7 @@ class JsonlError(ValueError):
 def read_jsonl(path, field):
     """The objects of a JSON Lines file ("-": standard input) as (line number, object), each checked to
     hold the text field. Blank lines are skipped. A bad line stops everything with its number."""
-    source = "standard input" if path == "-" else path
+    source = source_name(path)
     records = []
     for number, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():

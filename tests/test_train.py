@@ -3,6 +3,8 @@ GPT2LMHeadModel with the same weights, and against jax.grad(gpt2.lm_loss), as ll
 checks its hand-written backward pass (skipped where torch, transformers or JAX are missing); and
 python train.py itself."""
 
+import os
+
 import numpy as np
 import pytest
 from helpers import N_HEAD, SMALL_HPARAMS, needs
@@ -109,6 +111,19 @@ def test_the_token_cache_tells_two_tokenizers_of_one_size_apart(encoder, tmp_pat
     second = trainer.tokenize(documents, other, str(tmp_path))
     assert first.tolist() == [*encoder.encode(documents[0]), gpt2.END_OF_TEXT]
     assert second.tolist() == [*other.encode(documents[0]), gpt2.END_OF_TEXT] != first.tolist()
+
+
+def test_tokenizing_removes_a_dead_runs_partial_file_but_not_a_live_ones(encoder, tmp_path):
+    """A run killed while it wrote the token cache left NAME.PID.partial; a run alive beside it is writing one."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = tmp_path / f"a.npy.{int(finished.stdout)}.partial", tmp_path / f"b.npy.{os.getppid()}.partial"
+    dead.write_bytes(b"cut short")
+    alive.write_bytes(b"being written")
+    trainer.tokenize(["Hello world"], encoder, str(tmp_path))
+    assert not dead.exists() and alive.exists()
 
 
 @pytest.mark.slow
