@@ -5,11 +5,13 @@ Encoding happens in three steps:
    usually carrying the space in front of it (" world").
 2. Each word's UTF-8 bytes are spelled with printable stand-in characters (see bytes_to_unicode).
 3. Byte pair encoding merges adjacent symbols of each word, always the pair ranked best in
-   vocab.bpe, until no ranked pair is left; each resulting symbol is one token id in encoder.json.
+   vocab.bpe (the leftmost of equals), until no ranked pair is left; each resulting symbol is one
+   token id in encoder.json.
 Decoding joins the symbols and turns the stand-in characters back into bytes.
 """
 
 import codecs
+import heapq
 import json
 import os
 
@@ -46,11 +48,6 @@ def bytes_to_unicode():
     return byte_to_char
 
 
-def get_pairs(word):
-    """The set of adjacent symbol pairs of a word given as a tuple of symbols."""
-    return set(zip(word, word[1:]))
-
-
 class Encoder:
     def __init__(self, encoder, bpe_merges):
         self.encoder = encoder  # symbol string -> token id
@@ -65,25 +62,36 @@ class Encoder:
         self.cache = {}  # word -> list of token ids
 
     def bpe(self, word):
-        """Merge the symbols of one word (a string of stand-in characters) into BPE tokens."""
-        symbols = tuple(word)
-        pairs = get_pairs(symbols)
-        while pairs:
-            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if best not in self.bpe_ranks:
-                break
-            first, second = best
-            merged, i = [], 0
-            while i < len(symbols):
-                if i < len(symbols) - 1 and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = tuple(merged)
-            pairs = get_pairs(symbols)
-        return symbols
+        """Merge the symbols of one word (a string of stand-in characters) into BPE tokens.
+
+        The plain way rescans the whole word after each merge, which is quadratic in its length: one
+        40,000-letter word would take half a minute. Here the symbols are a linked list (each knows the
+        next and the previous one still there) and the ranked pairs wait in a heap, best rank first and
+        leftmost among equals, as tiktoken does. A merge changes only the pairs on either side of it, so
+        those two are pushed; entries that a merge made stale are skipped when they come out."""
+        symbols = list(word)
+        if len(symbols) < 2:
+            return symbols
+        ranks = self.bpe_ranks
+        following = [*range(1, len(symbols)), -1]  # the index of the next symbol still there, -1 at the end
+        preceding = list(range(-1, len(symbols) - 1))
+        heap = [(ranks[pair], i) for i, pair in enumerate(zip(word, word[1:])) if pair in ranks]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = following[i]
+            if j < 0 or symbols[i] is None or ranks.get((symbols[i], symbols[j])) != rank:
+                continue  # stale: the pair at i has changed since it was pushed
+            symbols[i], symbols[j] = symbols[i] + symbols[j], None
+            k = following[i] = following[j]
+            if k >= 0:
+                preceding[k] = i
+                if (pair_rank := ranks.get((symbols[i], symbols[k]))) is not None:
+                    heapq.heappush(heap, (pair_rank, i))
+            h = preceding[i]
+            if h >= 0 and (pair_rank := ranks.get((symbols[h], symbols[i]))) is not None:
+                heapq.heappush(heap, (pair_rank, h))
+        return [symbol for symbol in symbols if symbol is not None]
 
     def encode_word(self, word):
         ids = self.cache.get(word)

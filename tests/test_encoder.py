@@ -2,6 +2,8 @@
 
 import glob
 import os
+import random
+import string
 
 from helpers import PROMPT, PROMPT_IDS, REPO_DIR
 from hypothesis import given, settings
@@ -101,3 +103,29 @@ def test_stream_of_invalid_bytes_equals_decode(encoder):
     ids = [encoder.encode("日")[0], 220, encoder.encode("🤗")[0]]  # lone first bytes of characters
     assert "".join(encoder.decode_stream(ids)) == encoder.decode(ids)
     assert "".join(encoder.decode_stream(ids[:1])) == encoder.decode(ids[:1])
+
+
+class CountingRanks(dict):
+    """bpe_ranks that count how often they are consulted: the work BPE does on a word."""
+
+    lookups = 0
+
+    def get(self, *args):
+        CountingRanks.lookups += 1
+        return super().get(*args)
+
+    def __contains__(self, key):
+        CountingRanks.lookups += 1
+        return super().__contains__(key)
+
+
+def test_long_words_cost_work_in_proportion_to_their_length(encoder, tiktoken_gpt2, monkeypatch):
+    """A client can send one word of a megabyte: merging must not rescan the word after each merge
+    (quadratic: half a minute for 40,000 letters), yet give tiktoken's ids."""
+    letters = "".join(random.Random(0).choices(string.ascii_letters, k=40_000))
+    monkeypatch.setattr(encoder, "bpe_ranks", CountingRanks(encoder.bpe_ranks))
+    for word in (letters, " " + letters[:20_000], "ab" * 20_000, "🤗" * 5_000):
+        CountingRanks.lookups = 0
+        encoder.cache.clear()
+        assert encoder.encode(word) == tiktoken_gpt2.encode_ordinary(word)
+        assert CountingRanks.lookups < 10 * len(word.encode())

@@ -16,8 +16,10 @@ import hashlib
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
+import string
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +35,7 @@ HF_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0}  # as ours: HF
 # How much each part measures, in one place: the reports print these
 REPEATS = 3  # runs of a timing whose median is reported
 SCORE_TOKENS = 4096
+LONG_WORD_LETTERS = 40_000  # a word as a hostile client may send: BPE's cost grows with a word's length
 LOAD_REPEATS, FIRST_LOADS = 5, 3  # later loads are quick: more of them
 SERVE_CLIENTS, SERVE_TOKENS, SERVE_ROUNDS = 8, 64, 3
 TRAIN_BATCH, TRAIN_SEQ, TRAIN_ROUNDS = 4, 256, 3
@@ -434,8 +437,9 @@ def distinct_files_text(paths, limit):
 
 
 def measure_encoder(limit=2_000_000, repeat=REPEATS):
-    """Seconds of encoder.py and of tiktoken on English prose (licences and copyright files) and on code
-    (Python's standard library), each text seen once: a fresh encoder has an empty word cache."""
+    """Seconds of encoder.py and of tiktoken on English prose (licences and copyright files), on code
+    (Python's standard library) and on one long word of random letters, each text seen once: a fresh
+    encoder has an empty word cache."""
     from encoder import get_encoder
     from tools.random_model import tiktoken_gpt2, tokenizer_dir
 
@@ -446,6 +450,7 @@ def measure_encoder(limit=2_000_000, repeat=REPEATS):
             sorted(glob.glob("/usr/share/common-licenses/*") + glob.glob("/usr/share/doc/*/copyright")), limit
         ),
         "code": distinct_files_text(sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))), limit),
+        "word": "".join(random.Random(0).choices(string.ascii_letters, k=LONG_WORD_LETTERS)),  # hostile input
     }
     results = {}
     for name, text in texts.items():
@@ -463,7 +468,7 @@ def report_encoder(results):
     print(f"encoder: MB/s of UTF-8 input, median of {REPEATS}, fresh word cache each run")
     for name, r in results.items():
         print(
-            f"  {name:5s} {r['megabytes']:5.2f} MB: encoder.py {r['megabytes'] / r['ours']:6.2f} MB/s, "
+            f"  {name:5s} {r['megabytes']:5.2f} MB: encoder.py {r['megabytes'] / r['ours']:6.2f} MB/s ({r['ours']:.2f} s), "
             f"tiktoken {r['megabytes'] / r['tiktoken']:6.2f} MB/s ({r['ours'] / r['tiktoken']:.1f}x slower), "
             f"same ids: {r['same_ids']}"
         )
