@@ -17,9 +17,12 @@ interpreter's lock while it multiplies.
 """
 
 import codecs
+import functools
+import ipaddress
 import json
 import os
 import queue
+import resource
 import select
 import socket
 import sys
@@ -31,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 import gpt2
-from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB
+from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB, plural
 
 MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
 # A body over the limit is still read, up to this, before the answer: a client that sends it whole
@@ -41,6 +44,10 @@ MAX_CHOICES = 16  # prompts x n of one request
 MAX_STOPS = 4  # stop strings, as OpenAI's API
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's API
 ATTENTION_MAX_TOKENS = 64  # beyond this the heat map is too small to read
+MAX_CONNECTIONS = 2048  # open connections, idle ones too (each holds a thread); more get 503 at once
+LISTEN_BACKLOG = 1024  # connections the kernel holds until they are accepted (socketserver's default is 5)
+SHUTDOWN_SECONDS = 8  # after SIGTERM, requests in flight get this long to finish (docker stop waits 10)
+BODY_SECONDS = 5  # a body must keep coming: a pause this long ends the request with a 400
 # Once a request comes to an idle decoder, it waits for others that were sent at about the same time:
 # until none has come for GATHER_SECONDS, GATHER_MAX_SECONDS at most.
 GATHER_SECONDS, GATHER_MAX_SECONDS = 0.02, 0.2
@@ -374,8 +381,8 @@ class Completion:
             "created": int(time.time()),
             "model": model_name,
         }
-        self.prompt_texts, self.prompt_ids = options["prompt"], [encoder.encode(p) for p in options["prompt"]]
         n_ctx = len(params["wpe"])
+        self.prompt_texts, self.prompt_ids = options["prompt"], [encode(p, encoder, n_ctx) for p in options["prompt"]]
         for ids in self.prompt_ids:
             if len(ids) + options["max_tokens"] > n_ctx:
                 raise BadRequest(
@@ -444,8 +451,7 @@ class Completion:
             try:
                 event = self.events.get(timeout=0.05)
             except queue.Empty:
-                readable, _, _ = select.select([connection], [], [], 0)
-                if readable and not connection.recv(1, socket.MSG_PEEK):
+                if client_left(connection):
                     raise ConnectionResetError from None
                 continue
             if event[1] == "failed":
@@ -479,8 +485,40 @@ class Completion:
             row.cancelled = True
 
 
-def tokens_of(prompt, encoder):
-    return [{"id": i, "text": encoder.decode([i])} for i in encoder.encode(prompt)]
+def client_left(connection):
+    """Whether the client has closed its connection. poll(), not select(): select() cannot watch a
+    descriptor numbered 1024 or more, which a busy server has."""
+    poller = select.poll()
+    poller.register(connection, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        return not connection.recv(1, socket.MSG_PEEK)  # readable with nothing to read: closed
+    except OSError:
+        return True
+
+
+def encode(prompt, encoder, most_tokens):
+    """The ids of a prompt. One that has more bytes than most_tokens of the longest tokens can hold is
+    refused before the encoder spends its time on it (a request may bring a megabyte)."""
+    most_bytes = most_tokens * longest_token_bytes(encoder)
+    if len(prompt.encode()) > most_bytes:
+        raise BadRequest(
+            f"the prompt is longer than {most_tokens} tokens can be: {len(prompt.encode())} bytes, "
+            f"more than {most_bytes}",
+            "prompt",
+            "context_length_exceeded",
+        )
+    return encoder.encode(prompt)
+
+
+@functools.cache
+def longest_token_bytes(encoder):
+    return max(len(encoder.decode_bytes([i])) for i in encoder.decoder)
+
+
+def tokens_of(prompt, encoder, most_tokens):
+    return [{"id": i, "text": encoder.decode([i])} for i in encode(prompt, encoder, most_tokens)]
 
 
 def attention_view(body, encoder, params, n_head):
@@ -490,9 +528,9 @@ def attention_view(body, encoder, params, n_head):
     prompt = text("prompt", body.get("prompt"))
     layer = whole(0, len(params["blocks"]) - 1)("layer", body.get("layer", 0))
     head = whole(0, n_head - 1)("head", body.get("head", 0))
-    tokens = tokens_of(prompt, encoder)
-    ids = [token["id"] for token in tokens]
     most = min(ATTENTION_MAX_TOKENS, len(params["wpe"]))
+    tokens = tokens_of(prompt, encoder, most)
+    ids = [token["id"] for token in tokens]
     if not 1 <= len(ids) <= most:
         raise BadRequest(f"the attention view takes a prompt of 1 to {most} tokens, not {len(ids)}", "prompt")
     # The forward pass with gpt2.py's functions up to the chosen block, and that block's attention
@@ -516,6 +554,28 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "gpt2.py"
     timeout = 60  # seconds a client may take to send its request: a stalled one must not hold a thread for ever
 
+    def handle_one_request(self):
+        """One request, and its line on stderr: the client, method, path, status, tokens made, seconds."""
+        self.started, self.status, self.n_tokens = None, None, None
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.request_done(self.connection)
+            if self.started is not None:
+                path = ascii(getattr(self, "path", ""))[1:-1][:200]  # a hostile path cannot forge lines
+                tokens = "-" if self.n_tokens is None else f"{self.n_tokens} tokens"
+                seconds = time.monotonic() - self.started
+                line = f"{self.client_address[0]} {self.command or '-'} {path} {self.status or '-'} {tokens} {seconds:.2f} s"
+                print(line, file=sys.stderr, flush=True)
+
+    def parse_request(self):  # the request line has come: a request is in flight from here
+        self.started = time.monotonic()
+        self.server.request_started(self.connection)
+        return super().parse_request()
+
+    def log_request(self, code="-", size="-"):  # send_response's: the status, for the line at the end
+        self.status = int(code) if code != "-" else None
+
     def log_message(self, format, *args):  # quiet: errors are answered to the client
         pass
 
@@ -538,7 +598,8 @@ class Handler(BaseHTTPRequestHandler):
             app = self.server.app
             if self.path == "/v1/tokenize":
                 refuse_unknown(body, ("prompt",))
-                return self.send_json(200, {"tokens": tokens_of(text("prompt", body.get("prompt")), app.encoder)})
+                prompt = text("prompt", body.get("prompt"))
+                return self.send_json(200, {"tokens": tokens_of(prompt, app.encoder, len(app.params["wpe"]))})
             if self.path == "/v1/attention":
                 return self.send_json(200, attention_view(body, app.encoder, app.params, app.n_head))
             self.send_error_json(404, f"no such endpoint: POST {self.path}", code="not_found")
@@ -564,13 +625,37 @@ class Handler(BaseHTTPRequestHandler):
             while unread > 0 and (piece := self.rfile.read(min(1 << 16, unread))):
                 unread -= len(piece)
             raise BadRequest(f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        data = self.read_body(length)
         try:
-            body = json.loads(self.rfile.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BadRequest(f"the body is not JSON: {e}", code="invalid_json") from None
+            body = json.loads(data)
+            json.dumps(body, ensure_ascii=False).encode()  # a lone surrogate ("\ud800" in JSON) is no text
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "the body holds a lone surrogate (\\ud800 to \\udfff): not text", code="invalid_json"
+            ) from None
+        except RecursionError:
+            raise BadRequest("the body is nested too deeply", code="invalid_json") from None
+        except ValueError as e:  # not UTF-8, JSONDecodeError, an integer of over 4,300 digits
+            message = "it holds an integer of too many digits" if "digits" in str(e) else e
+            raise BadRequest(f"the body is not JSON: {message}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
         return body
+
+    def read_body(self, length):
+        """The body's bytes; a client that stops sending them for BODY_SECONDS, or sends fewer than its
+        Content-Length, gets a 400 (and its connection closed: where its next request starts is unknown)."""
+        self.connection.settimeout(BODY_SECONDS)
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            data = b""
+        finally:
+            self.connection.settimeout(self.timeout)
+        if len(data) < length:
+            self.close_connection = True
+            raise BadRequest(f"the body ended before its Content-Length of {length} bytes", code="invalid_json")
+        return data
 
     def complete(self, body):
         app = self.server.app
@@ -587,6 +672,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_json(200, completion.whole())
         finally:
             completion.cancel()  # a client that has gone costs no more compute
+            self.n_tokens = completion.usage()["completion_tokens"]
 
     def stream(self, completion):
         self.send_response(200)
@@ -599,8 +685,13 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for chunk in completion.chunks(self.connection):
                 self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
-        except DecoderFailed as e:  # the status is sent already: the error goes in the stream, as OpenAI's does
-            self.write_chunk(f"data: {json.dumps(error_object(str(e), error_type='server_error'))}\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:  # the status is sent already: the error goes in the stream, as OpenAI's does
+            if not isinstance(e, DecoderFailed):
+                print(f"error while streaming {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
+            message = str(e) if isinstance(e, DecoderFailed) else "the server failed to finish this stream"
+            self.write_chunk(f"data: {json.dumps(error_object(message, error_type='server_error'))}\n\n")
         self.write_chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -630,8 +721,95 @@ def error_object(message, param=None, code=None, error_type="invalid_request_err
 
 
 class Server(ThreadingHTTPServer):
-    daemon_threads = False  # so that closing the server waits for the requests in flight
-    block_on_close = True
+    """The standard library's server, one thread per connection, that knows its connections: beyond
+    max_connections a client gets 503 at once, and a shutdown closes idle ones at once and the others
+    after SHUTDOWN_SECONDS (close_gracefully), so that no client can hold it open."""
+
+    daemon_threads, block_on_close = True, False  # close_gracefully bounds the wait for the threads
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address, max_connections):
+        super().__init__(address, Handler)
+        self.max_connections, self.lock = max_connections, threading.Lock()
+        self.connections, self.busy = set(), set()  # open connections; those with a request in flight
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            full = len(self.connections) >= self.max_connections
+            if not full:
+                self.connections.add(request)
+        if full:
+            return self.refuse(request, client_address)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.connections.discard(request)
+
+    def refuse(self, request, client_address):
+        message = f"the server holds {self.max_connections} connections, its most: try again shortly"
+        body = json.dumps(error_object(message, code="too_many_connections", error_type="server_error")).encode()
+        head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        try:
+            request.settimeout(1)
+            request.sendall(f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            request.setblocking(False)
+            request.recv(1 << 16)  # what the client sent, so that closing does not reset the connection
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        print(f"{client_address[0]} - - 503 over --max_connections {self.max_connections}", file=sys.stderr)
+
+    def request_started(self, connection):
+        with self.lock:
+            self.busy.add(connection)
+
+    def request_done(self, connection):
+        with self.lock:
+            self.busy.discard(connection)
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):  # a client that left is no error
+            print(f"error on a connection from {client_address[0]}: {type(error).__name__}: {error}", file=sys.stderr)
+
+    def close_gracefully(self):
+        """Stop listening; close idle connections at once and give requests in flight SHUTDOWN_SECONDS
+        to finish (a second Ctrl-C or SIGTERM ends the wait); then close what is left."""
+        self.socket.close()
+        deadline, announced = time.monotonic() + SHUTDOWN_SECONDS, False
+        try:
+            while True:
+                with self.lock:
+                    idle, n_busy = self.connections - self.busy, len(self.busy)
+                for connection in idle:
+                    close_at_once(connection)
+                if not n_busy or time.monotonic() > deadline:
+                    break
+                if not announced:
+                    print(
+                        f"finishing {plural(n_busy, 'request')} in flight, for {SHUTDOWN_SECONDS} s at most",
+                        file=sys.stderr,
+                    )
+                    announced = True
+                time.sleep(0.05)
+        finally:
+            with self.lock:
+                left = list(self.connections)
+            if self.busy:
+                print(f"closing {plural(len(self.busy), 'request')} that did not finish in time", file=sys.stderr)
+            for connection in left:
+                close_at_once(connection)
+
+
+def close_at_once(connection):  # from another thread: its handler's next read or write fails
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class App:
@@ -645,19 +823,39 @@ class App:
         self.decoder.start()
 
 
-def bind(host, port):
+def bind(host, port, max_connections=MAX_CONNECTIONS):
     """The listening server (before the model is loaded: a port in use fails at once)."""
     try:
-        return Server((host, port), Handler, bind_and_activate=True)
+        return Server((host, port), allowed_connections(max_connections))
     except OSError as e:
         raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
+def allowed_connections(wanted):
+    """max_connections as the open-files limit allows it, raised as far as it may be (each connection is
+    a file; 64 are left for the model's files and the rest)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + 64
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(f"warning: the open-files limit ({soft}) allows {soft - 64} connections, not {wanted}", file=sys.stderr)
+        return max(1, soft - 64)
+    return wanted
+
+
 def serve(server, app):
-    """Answer requests until Ctrl-C or SIGTERM (raised here by the caller's handlers); the requests in
-    flight are finished before this returns."""
+    """Answer requests until Ctrl-C or SIGTERM (raised here by the caller's handlers), then finish the
+    requests in flight, for SHUTDOWN_SECONDS at most."""
     server.app = app
     host, port = server.server_address[:2]
+    if beyond_loopback(host):
+        print(
+            f"warning: listening on {host}, beyond this machine: there is no authentication, anyone who reaches "
+            "the port can use the model, and so can any web page open in a browser that reaches it",
+            file=sys.stderr,
+        )
     print(
         f"serving {app.model_name} on http://{host}:{port}/ (the page at /, OpenAI's API at /v1); Ctrl-C stops",
         file=sys.stderr,
@@ -666,4 +864,11 @@ def serve(server, app):
     try:
         server.serve_forever(poll_interval=0.1)
     finally:
-        server.server_close()  # waits for the requests in flight
+        server.close_gracefully()
+
+
+def beyond_loopback(host):
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return host != "localhost"

@@ -4,9 +4,11 @@ the command line (in this process, or as `python gpt2.py` in a new one), and com
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -87,6 +89,43 @@ def start_gpt2(*args, stdin=None, **kwargs):
         text=True,
         **kwargs,
     )
+
+
+class ServerProcess:
+    """`python gpt2.py --serve FLAGS...` on a free port in a new process: its url, the process, and its
+    stderr as read so far (log()). The pipe is read as the server writes, a line per request: one that
+    nobody read would stop the server once full."""
+
+    def __init__(self, *flags):
+        self.process = start_gpt2("--serve", "--port", "0", *flags)
+        shown = read_until(self.process.stderr, "Ctrl-C stops")
+        found = re.search(r" on (http://\S+)/ ", shown)
+        assert found, shown
+        self.url, self.lines = found.group(1), [shown]
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self.reader.start()
+
+    def log(self):
+        return "".join(self.lines)
+
+    def stop(self, signum=signal.SIGINT, timeout=60):
+        """Send the signal; the exit code."""
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout)
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.reader.join(timeout=10)
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.close()
 
 
 class Result:

@@ -13,7 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import PROMPT, PROMPT_IDS, SMALL_HPARAMS, cli, read_until, start_gpt2
+from helpers import PROMPT, PROMPT_IDS, SMALL_HPARAMS, ServerProcess, cli
 
 openai = pytest.importorskip("openai")
 
@@ -23,22 +23,16 @@ pytestmark = pytest.mark.slow  # servers in new processes, the browser
 
 @pytest.fixture(scope="module")
 def server(small_models_dir):
-    """The small model served on a free port: (base URL, the process)."""
-    process = start_gpt2("--serve", "--port", "0", "--models_dir", str(small_models_dir))
-    shown = read_until(process.stderr, "Ctrl-C stops")
-    assert "serving 124M on http://127.0.0.1:" in shown, shown
-    url = shown.split("on ", 1)[1].split("/ ", 1)[0]
-    yield url, process
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
-    process.stdout.close()
-    process.stderr.close()
+    """The small model served on a free port (a ServerProcess)."""
+    with ServerProcess("--models_dir", str(small_models_dir)) as served:
+        assert "serving 124M on http://127.0.0.1:" in served.log()
+        yield served
+        assert served.stop() == 130
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="none", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
 
 
 def post(url, data, headers=None):
@@ -209,10 +203,15 @@ def test_bad_requests_get_openais_error(client, options, message):
         (b'["a list"]', "the body must be a JSON object"),
         (b'{"model": "124M", "prompt": "' + b"a" * 1_000_001 + b'"}', "the request body is over 1000000 bytes"),
         (b"\xff\xfe", "the body is not JSON"),
+        (b'{"model": "124M", "prompt": "\\ud800"}', "the body holds a lone surrogate"),
+        (b"[" * 100_000, "the body is nested too deeply"),
+        (b'{"model": "124M", "prompt": "a", "n": ' + b"1" * 5000 + b"}", "it holds an integer of too many digits"),
+        (b'{"model": "124M", "prompt": "' + b"a" * 200_000 + b'"}', "the prompt is longer than 64 tokens can be"),
     ],
+    ids=["not-json", "a-list", "over-1-MB", "not-utf-8", "lone-surrogate", "deep", "big-integer", "long-word"],
 )
 def test_malformed_bodies_get_openais_error(server, data, message):
-    status, answer = post(f"{server[0]}/v1/completions", data)
+    status, answer = post(f"{server.url}/v1/completions", data)
     assert (
         status == 400
         and message in answer["error"]["message"]
@@ -223,7 +222,7 @@ def test_malformed_bodies_get_openais_error(server, data, message):
 def test_a_body_over_the_limit_sent_whole_gets_its_answer(server):
     """A client that sends all of a large body before it reads (as urllib and the openai client do)
     gets the 400, not a connection closed under it while it sends."""
-    host, port = server[0].removeprefix("http://").split(":")
+    host, port = server.url.removeprefix("http://").split(":")
     body = b'{"prompt": "' + b"a" * 8_000_000 + b'"}'
     with socket.create_connection((host, int(port)), timeout=60) as connection:
         connection.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Type: application/json\r\n")
@@ -237,12 +236,12 @@ def test_a_body_over_the_limit_sent_whole_gets_its_answer(server):
 def test_no_path_reads_files(server):
     for path in ("/../../etc/passwd", "/page.html", "/serve.py", "/v1/../gpt2.py"):
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(f"{server[0]}{path}", timeout=10)
+            urllib.request.urlopen(f"{server.url}{path}", timeout=10)
         assert caught.value.code == 404
 
 
 def test_the_page_is_self_contained(server):
-    with urllib.request.urlopen(f"{server[0]}/", timeout=10) as response:
+    with urllib.request.urlopen(f"{server.url}/", timeout=10) as response:
         page = response.read().decode()
     assert response.headers["Content-Type"].startswith("text/html") and "<script>" in page
     assert "http://" not in page and "https://" not in page and "src=" not in page  # nothing fetched from elsewhere
@@ -260,23 +259,23 @@ def test_attention_weights_are_huggingfaces(server, hf_small, encoder):
         hf_small.config._attn_implementation = implementation
     for layer, head in [(0, 0), (1, 3)]:
         status, answer = post(
-            f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": layer, "head": head}).encode()
+            f"{server.url}/v1/attention", json.dumps({"prompt": PROMPT, "layer": layer, "head": head}).encode()
         )
         assert status == 200 and [t["id"] for t in answer["tokens"]] == ids
         np.testing.assert_allclose(answer["weights"], attentions[layer][0, head].numpy(), atol=1e-4)
-    status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": PROMPT, "layer": 2}).encode())
+    status, answer = post(f"{server.url}/v1/attention", json.dumps({"prompt": PROMPT, "layer": 2}).encode())
     assert status == 400 and "layer must be a whole number from 0 to 1, not 2" in answer["error"]["message"]
-    status, answer = post(f"{server[0]}/v1/attention", json.dumps({"prompt": "a" + " a" * 64}).encode())
+    status, answer = post(f"{server.url}/v1/attention", json.dumps({"prompt": "a" + " a" * 64}).encode())
     assert status == 400 and "the attention view takes a prompt of 1 to 64 tokens, not 65" in answer["error"]["message"]
 
 
 def test_tokenize_gives_openais_ids(server, tiktoken_gpt2):
-    status, answer = post(f"{server[0]}/v1/tokenize", json.dumps({"prompt": PROMPT + " 🤗"}).encode())
+    status, answer = post(f"{server.url}/v1/tokenize", json.dumps({"prompt": PROMPT + " 🤗"}).encode())
     assert status == 200 and [t["id"] for t in answer["tokens"]] == tiktoken_gpt2.encode(PROMPT + " 🤗")
 
 
 def test_tokenize_refuses_unknown_fields(server):
-    status, answer = post(f"{server[0]}/v1/tokenize", json.dumps({"prompt": PROMPT, "n": 1}).encode())
+    status, answer = post(f"{server.url}/v1/tokenize", json.dumps({"prompt": PROMPT, "n": 1}).encode())
     assert status == 400 and answer["error"]["message"] == "Unrecognized request argument supplied: n"
 
 
@@ -302,24 +301,17 @@ def test_a_token_that_starts_with_the_stop_string_has_no_logprobs(client):
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_143(small_models_dir):
-    process = start_gpt2("--serve", "--port", "0", "--models_dir", str(small_models_dir))
-    try:
-        shown = read_until(process.stderr, "Ctrl-C stops")
-        url = shown.split("on ", 1)[1].split("/ ", 1)[0]
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+    with ServerProcess("--models_dir", str(small_models_dir)) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=0, timeout=30)
         stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0, stream=True)
         first = next(iter(stream))
-        process.send_signal(signal.SIGTERM)
+        served.process.send_signal(signal.SIGTERM)
         rest = list(stream)
         assert first.choices[0].text + "".join(c.choices[0].text for c in rest)
         assert rest[-1].choices[0].finish_reason == "length"
-        assert process.wait(timeout=60) == 143
-        assert "terminated (SIGTERM)" in process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
-        process.stdout.close()
-        process.stderr.close()
+        assert served.process.wait(timeout=60) == 143
+        served.reader.join(timeout=10)
+        assert "terminated (SIGTERM)" in served.log()
 
 
 @pytest.mark.parametrize(
@@ -382,7 +374,7 @@ def test_the_page_in_chromium(server, client, tmp_path):
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 1400})
-            page.goto(f"{server[0]}/")
+            page.goto(f"{server.url}/")
             page.wait_for_selector("body[data-ready=true]")
             page.fill("#prompt", PROMPT)
             page.fill("#max_tokens", "8")
@@ -406,7 +398,7 @@ def test_the_page_in_chromium(server, client, tmp_path):
                     "#heatmap .cell", "cells => cells.map(c => Number(c.dataset.weight))"
                 )
                 _, expected = post(
-                    f"{server[0]}/v1/attention",
+                    f"{server.url}/v1/attention",
                     json.dumps({"prompt": PROMPT, "layer": int(layer), "head": int(head)}).encode(),
                 )
                 assert weights == [w for row in expected["weights"] for w in row]
@@ -524,3 +516,27 @@ def test_a_request_joins_the_batch_that_is_running(in_process, monkeypatch):
     chunks += list(stream)
     assert b_text == alone[1] and "".join(c.choices[0].text for c in chunks) == alone[0]
     assert b_done < 30, b_done
+
+
+def test_an_error_inside_a_stream_ends_it_with_an_error_event(in_process, monkeypatch):
+    """The status line is sent: the error must be an event of the stream, then [DONE], not a second
+    HTTP response written into the body."""
+    import serve
+
+    url, _ = in_process
+    chunks = serve.Completion.chunks
+
+    def failing(self, connection):
+        stream = chunks(self, connection)
+        yield next(stream)
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(serve.Completion, "chunks", failing)
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "stream": True}).encode()
+    request = urllib.request.Request(f"{url}/v1/completions", body)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events = [line for line in response.read().decode().split("\n") if line]
+    assert "HTTP/1.1" not in "".join(events)
+    assert json.loads(events[0].removeprefix("data: "))["choices"]
+    assert json.loads(events[1].removeprefix("data: "))["error"]["type"] == "server_error"
+    assert events[2:] == ["data: [DONE]"]
