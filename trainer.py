@@ -5,6 +5,7 @@ loop, and the command line.
     python train.py notes/ --out runs/notes --steps 300
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,9 +17,9 @@ import numpy as np
 
 import gpt2
 from cli import Parser, UsageError, check_model_flags, checked, real, run_command, terminate, whole
-from gpt2 import END_OF_TEXT, check_number, check_whole_number
-from storage import hf, npy_copy, safetensors_file
-from storage.files import NotUTF8, fsync_path, read_jsonl, read_utf8, synced
+from gpt2 import END_OF_TEXT, check_number, check_whole_number, plural
+from storage import hf, npy_copy, run_folder, safetensors_file
+from storage.files import NotUTF8, check_room, disk_full, no_room, read_jsonl, read_utf8, synced
 from train import AdamW, clip_gradients, learning_rate_at, leaves, loss_and_grads, trainable
 from utils import (
     DEFAULT_MODEL_SIZE,
@@ -29,42 +30,52 @@ from utils import (
     nest,
 )
 
-# Options that change nothing the run computes: a resumed run may be given other ones
-FREE_TO_CHANGE = ("fresh", "steps", "models_dir", "eval_every", "sample_every", "save_every")
+# Options that change nothing the run computes, and the run folder itself (which may have moved): a
+# resumed run may be given other ones
+FREE_TO_CHANGE = ("fresh", "steps", "models_dir", "eval_every", "sample_every", "save_every", "out")
 
 # Text to train on: documents joined with <|endoftext|>, tokenized once, windows at random offsets.
 
 
 def read_documents(paths):
     """The documents of the data: each UTF-8 text file is one, and each line of a .jsonl file with a
-    "text" field is one. A folder gives every file in it (sorted), but not hidden ones (.git) and not
-    those that are not UTF-8 text (a picture), which are named on stderr. A bad file or line given
-    by name stops everything with its name and line, before any model work."""
-    documents, skipped = [], []
+    "text" field is one. A folder gives every regular file in it (sorted), but not hidden ones (.git),
+    not pipes or devices (reading one could wait for ever), and not files that are not UTF-8 text (a
+    picture): those are counted on stderr. An empty file, or a bad file or line given by name, stops
+    everything with its name and line, before any model work."""
+    documents, skipped = [], {"not UTF-8 text": [], "not a regular file": []}
     for path in paths:
-        for name in data_files(path) if os.path.isdir(path) else [path]:
+        names = data_files(path, skipped["not a regular file"]) if os.path.isdir(path) else [path]
+        for name in names:
             if name.endswith(".jsonl"):
                 documents += [record["text"] for _, record in read_jsonl(name, "text")[1]]
                 continue
             try:
-                documents.append(read_utf8(name))
+                document = read_utf8(name)
             except NotUTF8:
                 if name == path:
                     raise
-                skipped.append(name)
-    if skipped:
-        print(f"skipped {len(skipped)} files that are not UTF-8 text: {', '.join(skipped)}", file=sys.stderr)
+                skipped["not UTF-8 text"].append(name)
+                continue
+            if not document.strip():
+                raise ValueError(f"{name} is empty: there is nothing in it to train on (leave it out)")
+            documents.append(document)
+    for why, names in skipped.items():
+        if names:
+            print(f"skipped {plural(len(names), 'file')}, {why}: {', '.join(names)}", file=sys.stderr)
     if not any(document.strip() for document in documents):
         raise ValueError(f"no text in {', '.join(paths)}")
     return documents
 
 
-def data_files(folder):
-    """The files of a folder and its subfolders, sorted, leaving out hidden ones and hidden folders."""
+def data_files(folder, special):
+    """The regular files of a folder and its subfolders, sorted, leaving out hidden ones and hidden
+    folders; the others (pipes, sockets, devices, broken links) are added to special."""
     found = []
     for directory, subdirectories, names in os.walk(folder):
         subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
-        found += [os.path.join(directory, name) for name in names if not name.startswith(".")]
+        for path in (os.path.join(directory, name) for name in names if not name.startswith(".")):
+            (found if os.path.isfile(path) else special).append(path)
     return sorted(found)
 
 
@@ -176,12 +187,12 @@ def accumulated_grads(params, micro_batches, n_head):
 
 # The run folder: the model in HuggingFace's layout (so `python gpt2.py --model RUN` and
 # GPT2LMHeadModel.from_pretrained load it), the optimizer's moments, and state.json (the step, the
-# random state, the options). A save writes every file beside its old version as NAME.partial, then
-# commit.json, then renames the partials over the old files: a save cut short before commit.json
-# leaves the previous save as it was (the partials are removed at the next start), one cut short after
-# it is completed at the next start.
+# random state, the options), saved together and checked when resumed (storage/run_folder.py); beside
+# them log.jsonl, a record per step, and loss.svg.
 
 RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "optimizer.safetensors", "state.json")
+LOG, CURVE = "log.jsonl", "loss.svg"
+KEEP_OR_FRESH = "to keep it, give another --out; --fresh moves it aside (to OUT.previous-N) and starts over"
 
 
 def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_attn.w", utils.nest's flat key
@@ -190,12 +201,9 @@ def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_at
 
 def save_run(folder, params, hparams, encoder, optimizer, state):
     os.makedirs(folder, exist_ok=True)
-    commit = os.path.join(folder, "commit.json")
-    if os.path.exists(commit):
-        os.remove(commit)  # from a save that finished its renames but was stopped before removing it
 
     def partial(name):
-        return os.path.join(folder, f"{name}.partial")
+        return run_folder.partial(folder, name)
 
     with open(partial("config.json"), "w") as f:
         json.dump(hf.config_for(hparams), f, indent=2)
@@ -208,29 +216,11 @@ def save_run(folder, params, hparams, encoder, optimizer, state):
     with open(partial("state.json"), "w") as f:
         json.dump(state, f)
         synced(f)
-    fsync_path(folder)
-    with open(commit + ".partial", "w") as f:
-        json.dump({"files": RUN_FILES}, f)
-        synced(f)
-    os.replace(commit + ".partial", commit)  # the save counts from here
-    finish_save(folder)
+    run_folder.commit(folder, RUN_FILES, state["step"])
 
 
-def finish_save(folder):
-    """Complete a committed save, or drop the partials of one that was not committed."""
-    committed = os.path.exists(os.path.join(folder, "commit.json"))
-    for name in RUN_FILES:
-        partial = os.path.join(folder, f"{name}.partial")
-        if os.path.exists(partial):
-            if committed:
-                os.replace(partial, os.path.join(folder, name))
-            else:
-                os.remove(partial)
-    if os.path.exists(os.path.join(folder, "commit.json.partial")):
-        os.remove(os.path.join(folder, "commit.json.partial"))
-    fsync_path(folder)
-    if committed:
-        os.remove(os.path.join(folder, "commit.json"))
+def save_size(params):  # bytes a save writes: the weights and two moments in float32, and the tokenizer
+    return 3 * 4 * sum(array.size for _, array in leaves(params)) + 2_000_000
 
 
 def load_optimizer(folder, optimizer):
@@ -248,34 +238,135 @@ def load_run_params(folder):
 
 
 def open_run_folder(options):
-    """The saved state of the run in --out to resume, or None for a new run (after --fresh has
-    emptied the folder); a folder that holds anything else is refused."""
+    """The saved state of the run in --out to resume, or None for a new run. A folder that holds
+    anything but a run, or a run that cannot be resumed as it is, is refused and left as it is: a
+    trained run is never overwritten, and --fresh moves it aside."""
     out = options.out
-    if os.path.isdir(out):
-        finish_save(out)
-    state_path = os.path.join(out, "state.json")
-    resuming = os.path.exists(state_path) and not options.fresh
-    ours = (*RUN_FILES, "log.jsonl", "loss.svg")  # a run stopped before its first save leaves only a log
-    if os.path.isdir(out) and not resuming and any(name not in ours for name in os.listdir(out)):
-        raise ValueError(f"{out} holds other files than a training run's: choose another --out")
-    if resuming:
-        with open(state_path) as f:
-            state = json.load(f)
-        changed = sorted(key for key, value in recorded_options(options).items() if state["options"].get(key) != value)
-        if changed:
-            raise ValueError(
-                f"the run in {out} was started with other {', '.join(changed)}; give the same, or --fresh to start over"
-            )
-        return state
-    if options.fresh and os.path.isdir(out):
-        print(f"--fresh: starting over in {out}", file=sys.stderr)
-        for name in os.listdir(out):
-            os.remove(os.path.join(out, name))  # only a run's files: anything else was refused above
+    if not os.path.isdir(out):
+        return None
+    run_folder.finish(out)
+    names = set(os.listdir(out))
+    others = sorted(names - {*RUN_FILES, run_folder.COMMIT, LOG, CURVE})
+    if others:
+        raise ValueError(
+            f"{out} holds other files than a training run's ({', '.join(others[:3])}): choose another --out"
+        )
+    trained = names & {"model.safetensors", "optimizer.safetensors", "state.json"}
+    if options.fresh:
+        if trained:
+            print(f"--fresh: the run that was in {out} is now in {run_folder.move_aside(out)}", file=sys.stderr)
+        else:  # the log of a run stopped before its first save
+            for name in names:
+                os.remove(os.path.join(out, name))
+        return None
+    if not trained:
+        return None
+    try:
+        state = saved_state(out, names)
+    except ValueError as e:
+        raise ValueError(f"the run in {out} cannot be resumed: {e}; {KEEP_OR_FRESH}") from None
+    check_same_options(out, state["options"], recorded_options(options))
+    return state
+
+
+def saved_state(out, names):
+    """state.json, each field checked, and every file as the last save wrote it."""
+    missing = sorted(set(RUN_FILES) - names)
+    if missing:
+        raise ValueError(f"it has no {', '.join(missing)}")
+    saved = run_folder.read_commit(out)
+    if saved is None:
+        print(f"{out} was saved without checksums (by an older train.py): its files are not checked", file=sys.stderr)
+    else:
+        run_folder.check(out, saved)
+    path = os.path.join(out, "state.json")
+    try:
+        state = json.loads(read_utf8(path))
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged ({e})") from None
+    problem = state_problem(state)
+    if problem:
+        raise ValueError(f"{path} is damaged: {problem}")
+    optimizer_step = safetensors_file.read_metadata(os.path.join(out, "optimizer.safetensors")).get("step")
+    for source, step in (("optimizer.safetensors", optimizer_step), (run_folder.COMMIT, saved and saved["step"])):
+        if step is not None and str(step) != str(state["step"]):
+            raise ValueError(f"{path} says step {state['step']} and {source} step {step}")
+    return state
+
+
+def state_problem(state):
+    """What is wrong with a state.json's contents, or None."""
+    if not isinstance(state, dict):
+        return f"not a JSON object but {type(state).__name__}"
+    missing = [key for key in ("step", "rng", "elapsed", "options") if key not in state]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 1:
+        return f"the step is {json.dumps(state['step'])}, not a whole number of at least 1"
+    if not isinstance(state["elapsed"], (int, float)) or not 0 <= state["elapsed"] < float("inf"):
+        return f"the time elapsed is {json.dumps(state['elapsed'])}, not a number of seconds"
+    if not isinstance(state["options"], dict):
+        return "the options are not a JSON object"
+    try:
+        np.random.default_rng().bit_generator.state = state["rng"]
+    except (TypeError, ValueError, KeyError):
+        return "the random state is not one of NumPy's PCG64"
     return None
 
 
-def recorded_options(options):  # what a resumed run must be given again
-    return {key: value for key, value in vars(options).items() if key not in FREE_TO_CHANGE}
+def recorded_options(options):  # what a resumed run must be given again; paths resolved
+    return resolved({key: value for key, value in vars(options).items() if key not in FREE_TO_CHANGE})
+
+
+def resolved(recorded):
+    """Options with their paths resolved: `data/`, `./data` and the absolute path name one folder."""
+    model = recorded.get("model")
+    return {
+        **recorded,
+        "data": [os.path.realpath(path) for path in recorded.get("data") or []],
+        "val_file": recorded.get("val_file") and os.path.realpath(recorded["val_file"]),
+        "model": os.path.realpath(model) if isinstance(model, str) and os.path.exists(model) else model,
+    }
+
+
+def check_same_options(out, saved, given):
+    """A resumed run must compute what it would have: refused, with what differs, if it would not."""
+    saved = resolved(saved)
+    changed = sorted(key for key in given if saved.get(key) != given[key])
+    if changed:
+        differences = "; ".join(f"--{key} {shown(given[key])} (the run has {shown(saved.get(key))})" for key in changed)
+        raise ValueError(
+            f"the run in {out} was started with other options: {differences}. To resume it give the run's own; "
+            f"for a new run, another --out ({KEEP_OR_FRESH.split('; ')[1]})"
+        )
+
+
+def shown(value):
+    return " ".join(map(str, value)) if isinstance(value, list) else "none" if value is None else str(value)
+
+
+def read_log(path, step):
+    """The records of log.jsonl up to the saved step, and a line that says what was cut: the records of
+    later steps (redone now) and a torn line (a crash or a full disk in the middle of a write)."""
+    if not os.path.exists(path):
+        return [], None
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines = lines[:-1] if lines[-1] == b"" else lines
+    records, torn = [], False
+    for line in lines:
+        try:
+            record = json.loads(line)
+            torn = not isinstance(record, dict) or not isinstance(record.get("step"), int)
+        except ValueError:
+            torn = True
+        if torn or record["step"] > step:
+            break
+        records.append(record)
+    if len(records) == len(lines):
+        return records, None
+    why = "a torn line" if torn else "steps after the last save"
+    return records, f"{path}: cut back to step {records[-1]['step'] if records else 0} ({why}; later steps are redone)"
 
 
 def loss_curve_svg(records, width=640, height=360):
@@ -312,17 +403,39 @@ def training_data(options, documents, val_documents, encoder, n_ctx):
         raise ValueError(f"--block_size {options.block_size} is more than the model's context of {n_ctx}")
     cache = os.path.join(options.models_dir, "tokens")
     ids = tokenize(documents, encoder, cache)
-    if val_documents:
-        train_ids, val_ids = ids, tokenize(val_documents, encoder, cache)
-    else:
-        split = int(len(ids) * (1 - options.val_fraction))
-        train_ids, val_ids = ids[:split], ids[split:]
-    for name, part in (("training", train_ids), ("held-out", val_ids)):
-        if len(part) <= options.block_size + 1:
-            raise ValueError(
-                f"the {name} text has {len(part)} tokens, not more than one window of --block_size {options.block_size}"
-            )
+    at = held_out_at(options, len(ids))
+    train_ids, val_ids = ids[:at], tokenize(val_documents, encoder, cache) if val_documents else ids[at:]
+    check_enough_text(options, len(train_ids), len(val_ids))
     return train_ids, val_ids
+
+
+def held_out_at(options, n_ids):  # where the held-out part starts (at the end with --val_file, whose fraction is 0)
+    return int(n_ids * (1 - options.val_fraction))
+
+
+def check_text_before_tokens(options, documents, val_documents):
+    """The check of check_enough_text before the tokenizer is loaded, on the most tokens the text can
+    give: a token is at least one byte, and each document ends with <|endoftext|>."""
+
+    def most_tokens(documents):
+        return sum(len(document.encode()) for document in documents) + len(documents)
+
+    n_most = most_tokens(documents)
+    at = held_out_at(options, n_most)
+    check_enough_text(options, at, most_tokens(val_documents) if val_documents else n_most - at, "at most ")
+
+
+def check_enough_text(options, n_train, n_held_out, at_most=""):
+    sources = {
+        "training": ", ".join(options.data),
+        "held-out": options.val_file or f"the last {options.val_fraction:.0%}",
+    }
+    for name, n in (("training", n_train), ("held-out", n_held_out)):
+        if n <= options.block_size + 1:
+            raise ValueError(
+                f"the {name} text ({sources[name]}) has {at_most}{n} tokens, not more than one window of "
+                f"--block_size {options.block_size}"
+            )
 
 
 def check_memory(hparams, options):
@@ -334,6 +447,14 @@ def check_memory(hparams, options):
         )
 
 
+def stopping(signum):
+    """A signal that stops the run. After SIGHUP the terminal is gone, and writing to it would fail
+    before the save: what is left to say goes nowhere."""
+    if signum == signal.SIGHUP and sys.stderr.isatty():
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    return signum
+
+
 class TrainingRun:
     """The state of a run (weights, optimizer, random windows, step, log) and its loop."""
 
@@ -342,6 +463,7 @@ class TrainingRun:
         saved = open_run_folder(options)
         documents = read_documents(options.data)  # bad data is refused before the model is loaded
         val_documents = read_documents([options.val_file]) if options.val_file else None
+        check_text_before_tokens(options, documents, val_documents)
         self.encoder, self.hparams, params = load_model(options.model or options.model_size, options.models_dir)
         self.n_head = self.hparams["n_head"]
         check_memory(self.hparams, options)
@@ -351,33 +473,65 @@ class TrainingRun:
         self.params = load_run_params(self.out) if saved else trainable(params)
         self.optimizer = AdamW(self.params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
         self.rng = np.random.default_rng(options.seed)
-        self.step, self.elapsed, self.records = 0, 0.0, []
+        self.step, self.elapsed, self.records, self.saved_step = 0, 0.0, [], 0
         if saved:
             self.resume(saved)
         os.makedirs(self.out, exist_ok=True)
-        with open(self.log_path, "w") as f:  # the log as far as the save goes: later steps are redone
-            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self.write_log()  # the log as far as the save goes: later steps are redone
 
     @property
     def log_path(self):
-        return os.path.join(self.out, "log.jsonl")
+        return os.path.join(self.out, LOG)
 
     def resume(self, saved):
         load_optimizer(self.out, self.optimizer)
         self.step, self.elapsed = saved["step"], saved["elapsed"]
-        self.optimizer.step_count = self.step
+        self.saved_step = self.optimizer.step_count = self.step
         self.rng.bit_generator.state = saved["rng"]
-        if os.path.exists(self.log_path):
-            with open(self.log_path) as f:
-                self.records = [r for r in map(json.loads, f) if r["step"] <= self.step]
+        self.records, cut = read_log(self.log_path, self.step)
+        if cut:
+            print(cut, file=sys.stderr)
         print(f"resuming the run in {self.out} at step {self.step}", file=sys.stderr)
+
+    def write_log(self):
+        with self.writing(f"to write {LOG}"), open(f"{self.log_path}.partial", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
+            synced(f)
+        os.replace(f"{self.log_path}.partial", self.log_path)
+
+    def log(self, record):
+        """A record appended to the log, in one write: a crash or a full disk can tear only the last line."""
+        with self.writing(f"to write {LOG}"), open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def save(self):
         state = {"step": self.step, "rng": self.rng.bit_generator.state, "elapsed": self.elapsed}
         state["options"] = recorded_options(self.options)
-        save_run(self.out, self.params, self.hparams, self.encoder, self.optimizer, state)
-        with open(os.path.join(self.out, "loss.svg"), "w") as f:
-            f.write(loss_curve_svg(self.records) if self.records else "")
+        needed, what = save_size(self.params), f"to save the run at step {self.step}"
+        with self.writing(what, needed):
+            check_room(self.out, what, needed, self.kept())
+            with open(self.log_path, "a") as f:
+                synced(f)  # the log's records up to this save are on disk before it counts
+            save_run(self.out, self.params, self.hparams, self.encoder, self.optimizer, state)
+            self.saved_step = self.step
+            with open(os.path.join(self.out, f"{CURVE}.partial"), "w") as f:
+                f.write(loss_curve_svg(self.records) if self.records else "")
+            os.replace(os.path.join(self.out, f"{CURVE}.partial"), os.path.join(self.out, CURVE))
+
+    @contextlib.contextmanager
+    def writing(self, what, needed=None):
+        """A full disk while writing the run folder: its partial files removed, and one line that says
+        where, how much, and which save is kept."""
+        try:
+            yield
+        except OSError as e:
+            if not no_room(e):
+                raise
+            run_folder.remove_partials(self.out)
+            raise disk_full(self.out, what, needed, self.kept()) from None
+
+    def kept(self):
+        return f"; the save at step {self.saved_step} is kept" if self.saved_step else "; this run has no save yet"
 
     def train_step(self):
         """One optimizer step on grad_accum random micro-batches; returns the step's log record."""
@@ -398,19 +552,18 @@ class TrainingRun:
         if self.step % o.eval_every == 0 or self.step == o.steps:
             record["val_loss"] = held_out_loss(self.params, self.val_ids, self.n_head, o.batch_size, o.block_size)
         self.records.append(record)
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.log(record)
         return record
 
     def train(self):
-        """Steps until --steps, saving every --save_every and at the end. Ctrl-C or SIGTERM ends the
-        step under way, saves it, and exits 130 or 143: the same command resumes."""
+        """Steps until --steps, saving every --save_every and at the end. Ctrl-C, SIGTERM or SIGHUP (a
+        closed terminal) ends the step under way, saves it, and exits 130, 143 or 129: the same command
+        resumes."""
         from tqdm import tqdm
 
         o, stop = self.options, []
-        previous = {
-            s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-        }
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, lambda signum, frame: stop.append(stopping(signum))) for s in signals}
         bar = tqdm(total=o.steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True)
         try:
             while self.step < o.steps and not stop:
@@ -504,4 +657,5 @@ def main(args=None):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     main()

@@ -8,5 +8,6 @@ behind utils.load_model, which is the way in.
 - npy_copy.py: the converted copy, one .npy file per tensor, memory-mapped by every later load.
 - download.py: downloads that resume, retry and check the sha256; folders as mirrors.
 - model_folder.py: what every model folder shares: its tensors' shapes, its lock.
+- run_folder.py: files saved together, all or none, and checked when read again (a training run's).
 - files.py: writes that survive a crash (fsync, rename), room on the disk, sha256.
 """

@@ -7,14 +7,13 @@ retried with back-off by urllib3; a body shorter than its Content-Length is refu
 (version 2 enforces the length), and resumed from where it broke off while it makes progress.
 """
 
-import errno
 import os
 import re
 import shutil
 import sys
 import time
 
-from .files import check_room, disk_full, fsync_path, megabytes, sha256_of, synced
+from .files import check_room, disk_full, fsync_path, megabytes, no_room, sha256_of, synced
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds: to connect, and between two pieces of a response
 ATTEMPTS = 4  # tries of one file: failed connections, 5xx answers, and transfers that break off midway
@@ -92,7 +91,7 @@ def fetch(session, url, path):
                     bar.update(len(chunk))
                 synced(f)
         except OSError as e:  # what reached the disk is a prefix of the file: the next run resumes it
-            if e.errno != errno.ENOSPC:
+            if not no_room(e):
                 raise
             kept = kept_note(part, os.path.getsize(part))
             raise disk_full(os.path.dirname(path), f"for {os.path.basename(path)}", kept=kept) from None

@@ -6,6 +6,7 @@ complete data. A disk that fills up ends in one line that says where, how much, 
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +27,11 @@ def disk_full(directory, what, needed=None, kept=""):
     free = shutil.disk_usage(directory).free
     need = f": {megabytes(needed)} needed, {megabytes(free)} free" if needed is not None else ": the disk is full"
     return DiskFull(f"not enough space in {directory} {what}{need}{kept}")
+
+
+def no_room(error):
+    """Whether an OSError is a full disk (or a full quota)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def check_room(directory, what, needed, kept=""):

@@ -8,7 +8,6 @@ keeps (cp -r and sync tools change modification times), so copied and read-only 
 they are. The files are read without pickle.
 """
 
-import errno
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from .files import check_room, disk_full, fsync_path, give_usual_permissions, synced
+from .files import check_room, disk_full, fsync_path, give_usual_permissions, no_room, synced
 
 CONVERTED_DIR = "npy"
 MANIFEST = "manifest.json"
@@ -63,7 +62,7 @@ def write(model_dir, tensors, shapes, source, needed, source_name=None, config_n
                     np.save(f, array)
                     synced(f)
             except OSError as e:  # a full disk: NumPy's short write ("N requested and M written") has no errno
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT, None):
+                if e.errno is not None and not no_room(e):
                     raise
                 raise disk_full(model_dir, "to convert the checkpoint", needed) from None
         missing = [key for key in shapes if not os.path.exists(os.path.join(tmp_dir, f"{key}.npy"))]

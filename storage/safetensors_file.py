@@ -27,21 +27,7 @@ def read_header(path):
     """({tensor name: (dtype, shape, begin, end)}, where the data starts), every entry checked against
     the file: its dtype known, its byte range inside the data and as long as its shape needs."""
     name, size = path, os.path.getsize(path)
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise SafetensorsError(f"{name} is cut short: {size} bytes, not even a header length")
-        header_length = int.from_bytes(prefix, "little")
-        if header_length > min(size - 8, MAX_HEADER_BYTES):
-            raise SafetensorsError(
-                f"{name} is not a safetensors file, or is cut short: a header of {header_length} bytes announced in {size}"
-            )
-        try:
-            header = json.loads(f.read(header_length))
-        except (ValueError, UnicodeDecodeError):
-            raise SafetensorsError(f"{name} has a header that is not JSON: not a safetensors file") from None
-    if not isinstance(header, dict):
-        raise SafetensorsError(f"{name} has a header that is not a JSON object")
+    header, header_length = header_object(path)
     data_start, data_size = 8 + header_length, size - 8 - header_length
     tensors = {}
     for tensor, entry in header.items():
@@ -61,6 +47,33 @@ def read_header(path):
             raise SafetensorsError(f"{name}: {tensor} has shape {shape} of {dtype} but {end - begin} bytes")
         tensors[tensor] = (dtype, shape, begin, end)
     return tensors, data_start
+
+
+def header_object(path):
+    """The header's JSON object, and its length in bytes."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise SafetensorsError(f"{path} is cut short: {size} bytes, not even a header length")
+        header_length = int.from_bytes(prefix, "little")
+        if header_length > min(size - 8, MAX_HEADER_BYTES):
+            raise SafetensorsError(
+                f"{path} is not a safetensors file, or is cut short: a header of {header_length} bytes announced in {size}"
+            )
+        try:
+            header = json.loads(f.read(header_length))
+        except (ValueError, UnicodeDecodeError):
+            raise SafetensorsError(f"{path} has a header that is not JSON: not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path} has a header that is not a JSON object")
+    return header, header_length
+
+
+def read_metadata(path):
+    """The header's "__metadata__": {key: string}."""
+    metadata = header_object(path)[0].get("__metadata__", {})
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def read_tensors(path):

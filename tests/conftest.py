@@ -150,3 +150,18 @@ def end_of_text_params(small_params):
     n_embd = SMALL_HPARAMS["n_embd"]
     ln_f = {"g": np.zeros(n_embd, np.float32), "b": small_params["wte"][gpt2.END_OF_TEXT].copy()}
     return {**small_params, "ln_f": ln_f}
+
+
+@pytest.fixture
+def small_run(small_models_dir, tmp_path):
+    """A models folder with the small model as 124M, and a text of some 70 KB to train on."""
+    import glob
+    import shutil
+
+    paths = sorted(glob.glob("/usr/share/common-licenses/*"))
+    if not paths:
+        pytest.skip("no licence texts in /usr/share/common-licenses to train on")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "licences.txt").write_text("\n\n".join(open(p, errors="replace").read() for p in paths))
+    shutil.copytree(small_models_dir, tmp_path / "models")
+    return tmp_path

@@ -230,3 +230,9 @@ def swapped(module):
     jax_module.__file__ = module.__file__
     exec(compile(IMPORT_LINE.sub("import jax.numpy as np", source), module.__file__, "exec"), jax_module.__dict__)
     return jax_module
+
+
+def train_args(base, *extra):
+    """train.py's arguments for a small_run: its data and models, small windows, no samples."""
+    return [str(base / "data"), "--models_dir", str(base / "models"), "--block_size", "32", "--batch_size", "4",
+            "--sample_every", "0", *extra]  # fmt: skip

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import N_HEAD, SMALL_HPARAMS, needs
+from helpers import N_HEAD, SMALL_HPARAMS, needs, train_args
 
 import gpt2
 import train
@@ -216,26 +216,6 @@ def test_importing_train_does_no_work():
 # python train.py: data, the run folder, resuming, the command line
 
 
-@pytest.fixture
-def small_run(small_models_dir, tmp_path):
-    """A models folder with the small model as 124M, and a text of some 70 KB to train on."""
-    import glob
-    import shutil
-
-    paths = sorted(glob.glob("/usr/share/common-licenses/*"))
-    if not paths:
-        pytest.skip("no licence texts in /usr/share/common-licenses to train on")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "licences.txt").write_text("\n\n".join(open(p, errors="replace").read() for p in paths))
-    shutil.copytree(small_models_dir, tmp_path / "models")
-    return tmp_path
-
-
-def train_args(base, *extra):
-    return [str(base / "data"), "--models_dir", str(base / "models"), "--block_size", "32", "--batch_size", "4",
-            "--sample_every", "0", *extra]  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_small_model_learns_real_text(tmp_path):
     """Two layers with GPT-2's vocabulary, from random weights, on the licence texts Debian ships: the
@@ -305,6 +285,8 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_same_weights(small_ru
 def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
     import os
 
+    from storage import run_folder
+
     out = small_run / "run"
     trainer.main([*train_args(small_run, "--steps", "2", "--save_every", "1"), "--out", str(out)])
     before = {name: (out / name).read_bytes() for name in trainer.RUN_FILES}
@@ -320,7 +302,7 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
         trainer.main([*train_args(small_run, "--steps", "4", "--save_every", "1"), "--out", str(out)])  # resumes
     monkeypatch.setattr(os, "replace", replace)
     assert any(name.endswith(".partial") for name in os.listdir(out))
-    trainer.finish_save(str(out))  # what the next start does first
+    run_folder.finish(str(out))  # what the next start does first
     assert {name: (out / name).read_bytes() for name in trainer.RUN_FILES} == before
     assert not any(name.endswith(".partial") for name in os.listdir(out))
 
@@ -347,7 +329,9 @@ def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, caps
     assert set(state["options"]) < {action.dest for action in trainer.make_parser()._actions}  # options, no data
     with pytest.raises(SystemExit) as stopped:
         trainer.main([*train_args(small_run, "--steps", "4", "--learning_rate", "1"), "--out", str(out)])
-    assert stopped.value.code == 1 and "was started with other learning_rate" in capsys.readouterr().err
+    assert stopped.value.code == 1 and "was started with other options: --learning_rate 1.0 (the run has 0.0001)" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
@@ -389,8 +373,12 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
 @pytest.mark.parametrize(
     "write, message",
     [
-        (lambda d: (d / "empty.txt").write_text("  \n"), "no text in"),
-        (lambda d: (d / "short.txt").write_text("Hello there."), "not more than one window of --block_size 32"),
+        (lambda d: (d / "empty.txt").write_text("  \n"), "empty.txt is empty: there is nothing in it to train on"),
+        (lambda d: (d / "docs.jsonl").write_text('{"text": " "}\n'), "no text in"),
+        (
+            lambda d: (d / "short.txt").write_text("Hello there."),
+            "short.txt) has at most 12 tokens, not more than one window of --block_size 32",
+        ),
         (lambda d: (d / "latin1.txt").write_bytes(b"caf\xe9"), "latin1.txt is not UTF-8 text (byte 0xe9 at offset 3)"),
         (
             lambda d: (d / "docs.jsonl").write_text('{"text": "a"}\n{"text": 3}\n'),
@@ -401,13 +389,14 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
 )
 def test_bad_data_is_refused_with_its_file_and_line(small_run, capsys, write, message):
     """Before the model is loaded: in a models folder without the model, loading would fail first
-    (no network). Only a text too short for one window needs the tokenizer, so the model."""
+    (no network). A text too short for one window is found without the tokenizer: a token is at least
+    one byte."""
     from helpers import Result, assert_clean_error
 
     data = small_run / "bad"
     data.mkdir()
     write(data)
-    models = small_run / "models" if "window" in message else small_run / "no models"
+    models = small_run / "no models"
     with pytest.raises(SystemExit) as stopped:
         trainer.main(
             [
@@ -436,7 +425,7 @@ def test_a_data_folder_leaves_out_hidden_files_and_files_that_are_not_text(tmp_p
     (tmp_path / "notes" / ".git" / "HEAD").write_text("ref: refs/heads/main")
     (tmp_path / "notes" / ".DS_Store").write_bytes(b"\x00\x01")
     assert trainer.read_documents([str(tmp_path / "notes")]) == ["first", "second"]
-    assert "skipped 1 files that are not UTF-8 text" in capsys.readouterr().err
+    assert "skipped 1 file, not UTF-8 text: " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
