@@ -287,8 +287,9 @@ def generate_batch_stream(
     """generate_stream for many prompts (token-id lists of any lengths). Yields, at each step,
     [(row, token id, logits)] for the rows that took a token, a row being the index of its prompt.
     batch_size rows decode together (all by default), one forward pass per step for all of them; then
-    the next batch_size rows. batch_size changes speed and memory, never the ids: row i draws its
-    samples from its own random stream, made from the seed and i, whatever rows are beside it."""
+    the next batch_size rows. Row i draws its samples from its own random stream, made from the seed
+    and i, whatever rows are beside it; batch_size changes speed and memory, and the rounding of the
+    logits' last bits, which moves a sampled draw only when it falls that close to a boundary."""
     check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     if batch_size is not None:
         check_whole_number("batch_size", batch_size, 1)

@@ -619,7 +619,7 @@ def make_parser():
     add("--sample_every", type=whole, default=100, help="a short sample every N steps, 0 for none (default: %(default)s)")
     add("--save_every", type=whole, default=100, help="save every N steps, and at the end (default: %(default)s)")
     add("--seed", type=whole, default=1, help="the random windows' seed (default: %(default)s)")
-    add("--fresh", action="store_true", help="start over in a run folder that holds a run")
+    add("--fresh", action="store_true", help="start over in a run folder that holds a run, which is first moved aside to OUT.previous-N (nothing is deleted)")
     # fmt: on
     n_batch, block_size = parser.get_default("batch_size"), parser.get_default("block_size")
     needed = memory_needed(MODEL_HPARAMS[DEFAULT_MODEL_SIZE], n_batch, block_size) / 1e9
