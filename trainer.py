@@ -192,7 +192,6 @@ def accumulated_grads(params, micro_batches, n_head):
 
 RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "optimizer.safetensors", "state.json")
 LOG, CURVE = "log.jsonl", "loss.svg"
-KEEP_OR_FRESH = "to keep it, give another --out; --fresh moves it aside (to OUT.previous-N) and starts over"
 
 
 def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_attn.w", utils.nest's flat key
@@ -264,7 +263,9 @@ def open_run_folder(options):
     try:
         state = saved_state(out, names)
     except ValueError as e:
-        raise ValueError(f"the run in {out} cannot be resumed: {e}; {KEEP_OR_FRESH}") from None
+        raise ValueError(
+            f"the run in {out} cannot be resumed: {e}; to keep it, give another --out; {fresh(out)}"
+        ) from None
     check_same_options(out, state["options"], recorded_options(options))
     return state
 
@@ -336,9 +337,13 @@ def check_same_options(out, saved, given):
     if changed:
         differences = "; ".join(f"--{key} {shown(given[key])} (the run has {shown(saved.get(key))})" for key in changed)
         raise ValueError(
-            f"the run in {out} was started with other options: {differences}. To resume it give the run's own; "
-            f"for a new run, another --out ({KEEP_OR_FRESH.split('; ')[1]})"
+            f"the run in {out} was started with other options: {differences}. To resume it, give the run's own; "
+            f"for a new run, another --out, or {fresh(out)}"
         )
+
+
+def fresh(out):  # what --fresh would do
+    return f"--fresh moves this run aside to {run_folder.aside_name(out)} and starts over"
 
 
 def shown(value):
@@ -587,7 +592,8 @@ class TrainingRun:
             print(f"stopped at step {self.step}; saved in {self.out}: the same command resumes", file=sys.stderr)
             raise SystemExit(128 + stop[0])
         print(
-            f"done: {self.step} steps, saved in {self.out}; python gpt2.py PROMPT --model {self.out}", file=sys.stderr
+            f"done: {plural(self.step, 'step')}, saved in {self.out}; python gpt2.py PROMPT --model {self.out}",
+            file=sys.stderr,
         )
         return self.params
 

@@ -90,14 +90,19 @@ def check(folder, saved):
         raise ValueError(f"{path} {problem} (the save at step {saved['step']})")
 
 
-def move_aside(folder):
-    """Rename the folder to FOLDER.previous-N (the first N free); returns the new name."""
-    base = os.path.normpath(os.path.abspath(folder))
-    n = 1
+def aside_name(folder):
+    """Where move_aside would put the folder: FOLDER.previous-N, the first N free."""
+    base, n = os.path.normpath(os.path.abspath(folder)), 1
     while os.path.exists(f"{base}.previous-{n}"):
         n += 1
-    os.rename(base, f"{base}.previous-{n}")
     return f"{base}.previous-{n}"
+
+
+def move_aside(folder):
+    """Rename the folder to aside_name(folder); returns the new name."""
+    aside = aside_name(folder)
+    os.rename(folder, aside)
+    return aside
 
 
 def remove_partials(folder):

@@ -73,7 +73,9 @@ def test_a_refusal_keeps_the_run_and_fresh_moves_it_aside(trained, capsys):
     base, out = trained
     before = saved_bytes(out)
     result = train(capsys, base, "--steps", "3", "--learning_rate", "1", "--out", str(out))
-    assert_clean_error(result, "--learning_rate 1.0 (the run has 0.0001)", "--fresh moves it aside")
+    assert_clean_error(
+        result, "--learning_rate 1.0 (the run has 0.0001)", f"--fresh moves this run aside to {out}.previous-1"
+    )
     assert result.returncode == 1 and saved_bytes(out) == before
     result = train(capsys, base, "--steps", "1", "--learning_rate", "1", "--fresh", "--out", str(out))
     assert result.returncode == 0 and f"is now in {out}.previous-1" in result.stderr, result.stderr
@@ -112,7 +114,7 @@ def test_a_damaged_state_is_refused_with_its_name(trained, capsys, damage, messa
     assert_clean_error(result, f"cannot be resumed: {state} ", "(the save at step 2)")
     (out / "commit.json").unlink()
     result = train(capsys, base, "--steps", "3", "--out", str(out))
-    assert_ends_in_error(result, *message, "--fresh moves it aside")
+    assert_ends_in_error(result, *message, "to keep it, give another --out; --fresh moves this run aside to ")
 
 
 def test_a_damaged_file_is_found_by_its_checksum(trained, capsys):
