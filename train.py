@@ -174,18 +174,22 @@ def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, mask):  # d_out [
 # The whole model and its loss.
 
 
-def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the mean loss, grads like params
-    """The mean next-token loss over all n_batch * n_seq predictions (token i + 1 of each row given
-    tokens 0 to i), and its gradient with respect to every weight."""
+def loss_and_grads(params, batch, n_head, mask=None):  # ids [n_batch, n_seq + 1] -> the mean loss, grads like params
+    """The mean next-token loss over the n_batch * n_seq predictions (token i + 1 of each row given
+    tokens 0 to i), and its gradient with respect to every weight. mask [n_batch, n_seq], if given,
+    says which predictions count (1) and which not (0: a prompt's, or padding's): the mean is then over
+    those that count, as HuggingFace's labels of -100 leave the others out."""
     batch = np.asarray(batch)
     inputs, targets = batch[:, :-1], batch[:, 1:]  # [n_batch, n_seq] each
     n_batch, n_seq = inputs.shape
+    counted = np.ones(targets.shape, np.float32) if mask is None else np.asarray(mask, np.float32)
+    weights = (counted / counted.sum()).reshape(-1)  # [n_batch * n_seq]: each prediction's share of the mean
     wte, wpe = params["wte"], params["wpe"]
-    mask = causal_mask(n_seq, n_seq)
+    causal = causal_mask(n_seq, n_seq)
     x = wte[inputs] + wpe[:n_seq]  # [n_batch, n_seq, n_embd]
     kept = []
     for block in params["blocks"]:
-        x, block_kept = block_forward(x, **block, n_head=n_head, mask=mask)
+        x, block_kept = block_forward(x, **block, n_head=n_head, mask=causal)
         kept.append(block_kept)
     final = layer_norm(x, **params["ln_f"])
     logits = final @ wte.T  # [n_batch, n_seq, n_vocab]
@@ -196,23 +200,21 @@ def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the me
     log_sums = np.empty(targets.shape, dtype=np.float32)  # log(sum(exp(logits))) of each prediction
 
     # Backwards. The gradient of the loss with respect to the logits is softmax(logits) minus 1 at the
-    # target, over the number of predictions; the softmax is computed in place, the logits being the
-    # largest array of the step.
+    # target, times the prediction's share of the mean; the softmax is computed in place, the logits
+    # being the largest array of the step.
     def softmax_over_predictions(piece):
         logits_piece = logits.reshape(-1, logits.shape[-1])[piece]
         largest = logits_piece.max(axis=-1, keepdims=True)
         logits_piece -= largest
         np.exp(logits_piece, out=logits_piece)
         sums = logits_piece.sum(axis=-1, keepdims=True)
-        logits_piece *= 1.0 / (sums * (n_batch * n_seq))
+        logits_piece *= weights[piece, None] / sums
         log_sums.reshape(-1)[piece] = np.log(sums[:, 0]) + largest[:, 0]
 
     on_every_core(softmax_over_predictions, n_batch * n_seq, max(1, PIECE // logits.shape[-1]))
-    loss = (log_sums - target_logits).mean()
+    loss = np.dot(weights, (log_sums - target_logits).reshape(-1))
     d_logits = logits
-    d_logits[rows, columns, targets] -= np.float32(1.0 / (n_batch * n_seq))
-    # wte is used twice, to embed the tokens and (transposed) as the output layer: its gradient is
-    # the sum of both uses, the output layer's first.
+    d_logits[rows, columns, targets] -= weights.reshape(targets.shape)
     d_final = d_logits @ wte  # [n_batch, n_seq, n_embd]
     d_wte = (
         final.reshape(-1, final.shape[-1]).T @ d_logits.reshape(-1, d_logits.shape[-1])
@@ -220,7 +222,7 @@ def loss_and_grads(params, batch, n_head):  # ids [n_batch, n_seq + 1] -> the me
     dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"])
     d_blocks = [None] * len(kept)
     for i in reversed(range(len(kept))):
-        dx, d_blocks[i] = block_backward(dx, kept[i], **params["blocks"][i], n_head=n_head, mask=mask)
+        dx, d_blocks[i] = block_backward(dx, kept[i], **params["blocks"][i], n_head=n_head, mask=causal)
     # Each token id picked one row of wte, each position one of wpe: a row's gradient is the sum over
     # every place it was picked (a token that occurs three times collects three gradients).
     np.add.at(d_wte, inputs.reshape(-1), dx.reshape(-1, dx.shape[-1]))

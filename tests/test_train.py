@@ -34,12 +34,13 @@ def at(tree, path):
     return tree
 
 
-def hf_loss_and_grads(model, batch):
-    """HuggingFace's loss (its labels are shifted inside the model) and autograd's gradient of every weight."""
+def hf_loss_and_grads(model, batch, labels=None):
+    """HuggingFace's loss (its labels are shifted inside the model; -100 leaves a prediction out) and
+    autograd's gradient of every weight."""
     import torch
 
     model.zero_grad()
-    loss = model(torch.tensor(batch), labels=torch.tensor(batch)).loss
+    loss = model(torch.tensor(batch), labels=torch.tensor(batch if labels is None else labels)).loss
     loss.backward()
     grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), grads
@@ -65,6 +66,23 @@ def test_every_gradient_equals_pytorchs_autograd(hf_small, small_params):
     theirs = {ours_path(name): g for name, g in hf_grads.items()}
     assert len(theirs) == 4 + 12 * SMALL_HPARAMS["n_layer"]  # every weight (wte once: lm_head is tied to it)
     assert_close_per_tensor(grads, theirs)
+
+
+def test_a_masked_loss_and_its_gradients_are_pytorchs_with_labels_of_minus_100(hf_small, small_params):
+    """Prompt/completion pairs: the loss on some predictions only (here a prompt of 5 to 20 tokens in
+    each row, and padding at the end of one)."""
+    batch = random_batch(4, 3, 40)
+    mask = np.ones((3, 40), np.float32)
+    for row, (prompt, end) in enumerate([(5, 40), (20, 40), (9, 31)]):
+        mask[row, : prompt - 1] = 0  # predictions of prompt tokens 1 to prompt - 1
+        mask[row, end:] = 0  # padding
+    labels = batch.copy()
+    labels[:, 1:][mask == 0] = -100
+    loss, grads = train.loss_and_grads(small_params, batch, N_HEAD, mask)
+    hf_loss, hf_grads = hf_loss_and_grads(hf_small, batch, labels)
+    assert abs(loss - hf_loss) <= 1e-5 * hf_loss
+    assert abs(loss - train.loss_and_grads(small_params, batch, N_HEAD)[0]) > 1e-3  # the mask changed it
+    assert_close_per_tensor(grads, {ours_path(name): g for name, g in hf_grads.items()})
 
 
 def test_a_token_that_comes_again_collects_every_gradient(hf_small, small_params):
