@@ -312,15 +312,16 @@ def trainable(params):
     return np.array(params, dtype=np.float32)
 
 
-def learning_rate_at(step, learning_rate, warmup_steps, schedule, total_steps):
-    """Warm-up from learning_rate / warmup_steps to learning_rate, then constant, or a cosine down to a
-    tenth of it at the last step. step counts from 1."""
+def learning_rate_at(step, learning_rate, warmup_steps, schedule, total_steps, min_lr=None):
+    """Warm-up from learning_rate / warmup_steps to learning_rate, then constant, or a cosine down to
+    min_lr (by default a tenth of learning_rate) at the last step. step counts from 1."""
     if step <= warmup_steps:
         return learning_rate * step / warmup_steps
     if schedule == "constant":
         return learning_rate
+    floor = learning_rate / 10 if min_lr is None else min_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return learning_rate * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return floor + (learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 if __name__ == "__main__":

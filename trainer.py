@@ -476,7 +476,7 @@ class TrainingRun:
             options, documents, val_documents, self.encoder, self.hparams["n_ctx"]
         )
         self.params = load_run_params(self.out) if saved else trainable(params)
-        self.optimizer = AdamW(self.params, beta1=0.9, beta2=0.95, weight_decay=options.weight_decay)
+        self.optimizer = AdamW(self.params, beta1=0.9, beta2=options.beta2, weight_decay=options.weight_decay)
         self.rng = np.random.default_rng(options.seed)
         self.step, self.elapsed, self.records, self.saved_step = 0, 0.0, [], 0
         if saved:
@@ -541,7 +541,9 @@ class TrainingRun:
     def train_step(self):
         """One optimizer step on grad_accum random micro-batches; returns the step's log record."""
         o, start = self.options, time.perf_counter()
-        learning_rate = learning_rate_at(self.step + 1, o.learning_rate, o.warmup_steps, o.lr_schedule, o.steps)
+        learning_rate = learning_rate_at(
+            self.step + 1, o.learning_rate, o.warmup_steps, o.lr_schedule, o.steps, o.min_lr
+        )
         micro_batches = (
             random_windows(self.train_ids, self.rng, o.batch_size, o.block_size) for _ in range(o.grad_accum)
         )
@@ -616,7 +618,9 @@ def make_parser():
     add("--grad_accum", type=whole, default=1, help="micro-batches per step (default: %(default)s)")
     add("--learning_rate", type=real, default=1e-4, help="peak learning rate (default: %(default)s)")
     add("--warmup_steps", type=whole, default=20, help="steps of linear warm-up (default: %(default)s)")
-    add("--lr_schedule", choices=["constant", "cosine"], default="cosine", help="after warm-up; cosine goes down to a tenth (default: %(default)s)")
+    add("--lr_schedule", choices=["constant", "cosine"], default="cosine", help="after warm-up; cosine goes down to --min_lr (default: %(default)s)")
+    add("--min_lr", type=real, help="the cosine's floor, reached at the last step (default: a tenth of --learning_rate)")
+    add("--beta2", type=real, default=0.95, help="AdamW's decay of its second moment: 0.99 for small models and batches, as nanoGPT's character-level recipe (default: %(default)s)")
     add("--weight_decay", type=real, default=0.1, help="AdamW's decay of the matrices and embeddings (default: %(default)s)")
     add("--grad_clip", type=real, default=1.0, help="the largest global gradient norm (default: %(default)s)")
     add("--val_fraction", type=real, default=0.05, help="the end of the text held out (default: %(default)s)")
@@ -644,6 +648,9 @@ def parse_arguments(args):
         checked(check_whole_number, name, getattr(options, name), low)
     for name in ("learning_rate", "weight_decay", "grad_clip"):
         checked(check_number, name, getattr(options, name), 0)
+    if options.min_lr is not None:
+        checked(check_number, "min_lr", options.min_lr, 0, options.learning_rate)
+    checked(check_number, "beta2", options.beta2, 0, 1, False, True)
     checked(check_number, "val_fraction", options.val_fraction, 0, 1, False, True)
     if options.val_file is not None and options.val_fraction != 0.05:
         raise UsageError("give --val_fraction or --val_file, not both")

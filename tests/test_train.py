@@ -113,6 +113,9 @@ def test_the_learning_rate_warms_up_then_follows_the_cosine_after_warm_up():
     assert train.learning_rate_at(warmup + 500, peak, warmup, "cosine", total) == pytest.approx((peak + peak / 10) / 2)
     assert train.learning_rate_at(total, peak, warmup, "cosine", total) == pytest.approx(peak / 10)
     assert train.learning_rate_at(warmup + 500, peak, warmup, "constant", total) == peak
+    # --min_lr: the floor nanoGPT's recipes give (theirs: 1e-4 under a peak of 1e-3)
+    assert train.learning_rate_at(total, peak, warmup, "cosine", total, min_lr=1e-4 / 2) == pytest.approx(5e-5)
+    assert train.learning_rate_at(warmup + 500, peak, warmup, "cosine", total, 0.0) == pytest.approx(peak / 2)
 
 
 @pytest.mark.slow
