@@ -19,7 +19,7 @@ import numpy as np
 
 import gpt2
 import utils
-from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB, check_whole_number, plural
+from gpt2 import N_CTX, N_VOCAB, check_whole_number, plural
 from serve import MAX_CONNECTIONS, SHUTDOWN_SECONDS
 from storage.files import JsonlError, read_jsonl, read_utf8
 from utils import DEFAULT_MODEL_SIZE, DEFAULT_MODELS_DIR, load_model
@@ -38,8 +38,11 @@ class Run(argparse.Namespace):
     loaded (encoder, hparams, params, n_head). What every printing function takes."""
 
     @property
-    def sampling(self):  # the options of gpt2.generate and its kin
-        return {name: getattr(self, name) for name in ("temperature", "top_k", "top_p", "seed", "stop_at_end_of_text")}
+    def sampling(self):  # the options of gpt2.generate and its kin, once the model is loaded
+        options = {
+            name: getattr(self, name) for name in ("temperature", "top_k", "top_p", "seed", "stop_at_end_of_text")
+        }
+        return {**options, "end_of_text": self.encoder.end_of_text}
 
     @property
     def model_name(self):
@@ -165,7 +168,7 @@ def print_score(run, input_ids):
 
 def scoring_ids(run, text):
     """The ids to score: the text's, after <|endoftext|> with --prepend_end_of_text."""
-    ids = [END_OF_TEXT] * bool(run.prepend_end_of_text) + run.encoder.encode(text)
+    ids = [run.encoder.end_of_text] * bool(run.prepend_end_of_text) + run.encoder.encode(text)
     if len(ids) < 2:
         hint = "" if run.prepend_end_of_text else " (--prepend_end_of_text scores a one-token text)"
         raise ValueError(f"the text has {plural(len(ids), 'token')}; scoring needs 2, the first is only context{hint}")
@@ -185,7 +188,7 @@ def write_jsonl(record):
 def jsonl_generation(run, source, records):
     prompts, rows = [], []
     for number, record in records:
-        ids = run.encoder.encode(record["prompt"]) or [END_OF_TEXT]
+        ids = run.encoder.encode(record["prompt"]) or [run.encoder.end_of_text]
         try:
             gpt2.check_prompt(ids, run.n_tokens_to_generate, run.hparams["n_ctx"])
         except ValueError as e:
@@ -239,7 +242,7 @@ def interactive_loop(run):
 
 
 def generate_text(run, input_ids):
-    input_ids = input_ids or [END_OF_TEXT]
+    input_ids = input_ids or [run.encoder.end_of_text]
     if run.n_samples == 1:
         return print_generation(run, input_ids)
     return print_samples(run, input_ids)

@@ -23,6 +23,8 @@ import regex
 # of a whitespace run for the word that follows it, so " world" stays one token.
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+END_OF_TEXT = "<|endoftext|>"  # the token between documents, the last of GPT-2's vocabulary and of bytes_only's
+
 # Distinct words remembered between calls; a long text with many rare words must not grow the cache
 # forever, so it is emptied when it gets this big (common words come back quickly).
 MAX_CACHED_WORDS = 100_000
@@ -60,6 +62,7 @@ class Encoder:
         self.byte_decoder = str.maketrans({c: chr(b) for b, c in byte_to_char.items()})
         self.pattern = regex.compile(PATTERN)
         self.cache = {}  # word -> list of token ids
+        self.end_of_text = encoder.get(END_OF_TEXT)  # its id; None in a vocabulary without it
 
     def bpe(self, word):
         """Merge the symbols of one word (a string of stand-in characters) into BPE tokens.
@@ -132,6 +135,14 @@ class Encoder:
         rest = utf8.decode(b"", final=True)
         if rest:
             yield rest
+
+
+def bytes_only():
+    """GPT-2's tokenizer with no merges: each byte is a token (its stand-in character, as in GPT-2's
+    vocabulary), and <|endoftext|> is id 256. Any UTF-8 text is 257 tokens' worth of characters with
+    nothing to learn first: a character-level model, as nanoGPT's Shakespeare, for any language."""
+    byte_to_char = bytes_to_unicode()
+    return Encoder(encoder={**{byte_to_char[b]: b for b in range(256)}, END_OF_TEXT: 256}, bpe_merges=[])
 
 
 def get_encoder(model_name, models_dir):

@@ -248,10 +248,12 @@ def generate_stream(
     top_p=1.0,
     seed=None,
     stop_at_end_of_text=True,
+    end_of_text=END_OF_TEXT,
 ):
     """Yield (token id, logits) for each new token as soon as it is chosen; logits [n_vocab] are the
     model's scores that it was chosen from, before temperature and filtering.
-    Stops after n_tokens_to_generate tokens, or before <|endoftext|> if stop_at_end_of_text.
+    Stops after n_tokens_to_generate tokens, or before <|endoftext|> if stop_at_end_of_text (its id in
+    the model's vocabulary: end_of_text, GPT-2's by default).
     temperature 0 is greedy; otherwise a seed makes the draws repeatable (same seed, same ids)."""
     check_generation([inputs], params, n_tokens_to_generate, temperature, top_k, top_p, seed)
     rng = np.random.default_rng(seed)
@@ -259,7 +261,7 @@ def generate_stream(
     logits, kv_cache = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=kv_cache)  # the prompt at once
     for step in range(n_tokens_to_generate):
         token_id = int(next_token(logits, rng.random(), temperature, top_k, top_p))
-        if token_id == END_OF_TEXT and stop_at_end_of_text:
+        if token_id == end_of_text and stop_at_end_of_text:
             return
         yield token_id, logits
         if step < n_tokens_to_generate - 1:
@@ -283,6 +285,7 @@ def generate_batch_stream(
     seed=None,
     stop_at_end_of_text=True,
     batch_size=None,
+    end_of_text=END_OF_TEXT,
 ):
     """generate_stream for many prompts (token-id lists of any lengths). Yields, at each step,
     [(row, token id, logits)] for the rows that took a token, a row being the index of its prompt.
@@ -299,7 +302,8 @@ def generate_batch_stream(
     for first in range(0, len(prompts), batch_size):
         rows = np.arange(first, min(first + batch_size, len(prompts)))
         batch = [prompts[row] for row in rows]
-        yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text)
+        stop = end_of_text if stop_at_end_of_text else None
+        yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop)
 
 
 def row_rngs(seed, n_rows):
@@ -329,14 +333,15 @@ def prefill_rows(prompts, params, n_head, length, n_prompt=None):
     return np.stack(first_logits), KVCache(buffers, n_prompt), pad
 
 
-def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop_at_end_of_text):
-    """The steps of generate_batch_stream for one batch: prompts, their row numbers, every row's random stream."""
+def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop):
+    """The steps of generate_batch_stream for one batch: prompts, their row numbers, every row's random
+    stream; a row ends before the id stop (None: never)."""
     length = max(len(inputs) for inputs in prompts) + n_tokens_to_generate - 1  # the last token is not fed
     logits, kv_cache, pad = prefill_rows(prompts, params, n_head, length)  # [n_running, n_vocab]
     for step in range(n_tokens_to_generate):
         uniforms = np.array([rngs[row].random() for row in rows])
         token_ids = next_token(logits, uniforms, **sampling)  # [n_running]
-        running = (token_ids != END_OF_TEXT) | (not stop_at_end_of_text)
+        running = token_ids != stop
         yield [(int(rows[i]), int(token_ids[i]), logits[i]) for i in np.flatnonzero(running)]
         if step == n_tokens_to_generate - 1 or not running.any():
             return
@@ -450,9 +455,7 @@ def check_sampling(temperature, top_k, top_p, seed, n_vocab):
 def check_prompt(inputs, n_tokens_to_generate, n_ctx):
     """A prompt and the tokens asked for after it must fit the model's context."""
     if len(inputs) == 0:
-        raise ValueError(
-            f"inputs must hold at least one token (an empty prompt starts from <|endoftext|>, {END_OF_TEXT})"
-        )
+        raise ValueError("inputs must hold at least one token (an empty prompt starts from <|endoftext|>)")
     if len(inputs) + n_tokens_to_generate > n_ctx:
         raise ValueError(
             f"the prompt has {plural(len(inputs), 'token')} and {n_tokens_to_generate} more were asked for: "

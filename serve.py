@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 import gpt2
-from gpt2 import END_OF_TEXT, N_CTX, N_VOCAB, plural
+from gpt2 import N_CTX, N_VOCAB, plural
 
 MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
 # A body over the limit is still read, up to this, before the answer: a client that sends it whole
@@ -186,7 +186,7 @@ class Row:
 
     def add(self, token_id, logits):
         """The token the decoder chose; returns whether the row is done."""
-        if token_id == END_OF_TEXT:
+        if token_id == self.encoder.end_of_text:
             return self.finish("stop")
         self.offsets.append(len(self.text))
         self.ids.append(token_id)
@@ -381,7 +381,9 @@ class Completion:
             "created": int(time.time()),
             "model": model_name,
         }
-        n_ctx = len(params["wpe"])
+        n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
+        if options["top_k"] > n_vocab:  # the request's check allows any GPT-2's vocabulary
+            raise BadRequest(f"top_k must be a whole number from 0 to {n_vocab}, not {options['top_k']}", "top_k")
         self.prompt_texts, self.prompt_ids = options["prompt"], [encode(p, encoder, n_ctx) for p in options["prompt"]]
         for ids in self.prompt_ids:
             if len(ids) + options["max_tokens"] > n_ctx:
@@ -399,7 +401,7 @@ class Completion:
             # several samples each from the seed and its number (gpt2.generate_batch's rows)
             rngs = [np.random.default_rng(seed)] if n == 1 else gpt2.row_rngs(seed, n)
             for rng in rngs:
-                self.rows.append(Row(len(self.rows), ids or [END_OF_TEXT], options, rng, encoder, self.events))
+                self.rows.append(Row(len(self.rows), ids or [encoder.end_of_text], options, rng, encoder, self.events))
 
     def echoed(self, i):
         """(text, logprob entries, text offsets) of prompt i when echo is on (made once for its n rows)."""

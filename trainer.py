@@ -17,7 +17,7 @@ import numpy as np
 
 import gpt2
 from cli import Parser, UsageError, check_model_flags, checked, real, run_command, terminate, whole
-from gpt2 import END_OF_TEXT, check_number, check_whole_number, plural
+from gpt2 import check_number, check_whole_number, plural
 from storage import hf, npy_copy, run_folder, safetensors_file
 from storage.files import NotUTF8, check_room, disk_full, no_room, read_jsonl, read_utf8, synced
 from train import AdamW, clip_gradients, learning_rate_at, leaves, loss_and_grads, trainable
@@ -100,7 +100,7 @@ def tokenize(documents, encoder, cache_dir):
     ids = []
     for document in tqdm(documents, desc="tokenizing", unit="doc", disable=len(documents) < 2):
         ids.extend(encoder.encode(document))
-        ids.append(END_OF_TEXT)
+        ids.append(encoder.end_of_text)
     ids = np.array(ids, dtype=np.uint16)
     os.makedirs(cache_dir, exist_ok=True)
     remove_leftovers(cache_dir)
@@ -205,7 +205,7 @@ def save_run(folder, params, hparams, encoder, optimizer, state):
         return run_folder.partial(folder, name)
 
     with open(partial("config.json"), "w") as f:
-        json.dump(hf.config_for(hparams), f, indent=2)
+        json.dump(hf.config_for(hparams, encoder.end_of_text), f, indent=2)
         synced(f)
     safetensors_file.write(partial("model.safetensors"), {hf.hf_name(dotted(p)): a for p, a in leaves(params)})
     hf.write_tokenizer(encoder, folder, suffix=".partial")
@@ -581,7 +581,14 @@ class TrainingRun:
                     bar.write(f"step {self.step}: held-out loss {record['val_loss']:.4f}", file=sys.stderr)
                 if o.sample_every and self.step % o.sample_every == 0:
                     new_ids = gpt2.generate(
-                        [END_OF_TEXT], self.params, self.n_head, 40, temperature=1.0, top_k=40, seed=self.step
+                        [self.encoder.end_of_text],
+                        self.params,
+                        self.n_head,
+                        40,
+                        temperature=1.0,
+                        top_k=40,
+                        seed=self.step,
+                        end_of_text=self.encoder.end_of_text,
                     )
                     bar.write(f"sample at step {self.step}: {self.encoder.decode(new_ids)!r}", file=sys.stderr)
                 if self.step % o.save_every == 0 or self.step == o.steps or stop:

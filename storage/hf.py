@@ -92,8 +92,9 @@ def hf_name(key):
     return "transformer." + ".".join([*parts[:-1], {"g": "weight", "w": "weight", "b": "bias"}[parts[-1]]])
 
 
-def config_for(hparams):
-    """config.json for a GPT-2 of these hyperparameters, as save_pretrained writes it."""
+def config_for(hparams, end_of_text=50256):
+    """config.json for a GPT-2 of these hyperparameters, as save_pretrained writes it; end_of_text: the
+    id of its tokenizer's <|endoftext|>."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -106,8 +107,8 @@ def config_for(hparams):
         "activation_function": "gelu_new",
         "layer_norm_epsilon": 1e-5,
         "tie_word_embeddings": True,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
     }
 
 
