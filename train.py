@@ -303,6 +303,41 @@ class AdamW:
         p -= scratch
 
 
+def init_params(n_vocab, n_ctx, n_embd, n_head, n_layer, seed):
+    """A new GPT's weights, drawn as GPT-2's were (HuggingFace's GPT2PreTrainedModel._init_weights):
+    every matrix and embedding from a normal of std 0.02, biases zero, layer norms one and zero. Each
+    block adds its two output projections (c_proj) to the residual stream, so that stream's variance
+    grows with the number of blocks: those two are drawn 1/sqrt(2 n_layer) smaller."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape, std=0.02):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+    def zeros(n):
+        return np.zeros(n, np.float32)
+
+    def layer_norm_params():
+        return {"g": np.ones(n_embd, np.float32), "b": zeros(n_embd)}
+
+    residual_std = 0.02 / math.sqrt(2 * n_layer)
+    blocks = [
+        {
+            "ln_1": layer_norm_params(),
+            "attn": {
+                "c_attn": {"w": normal(n_embd, 3 * n_embd), "b": zeros(3 * n_embd)},  # [n_embd, 3*n_embd]
+                "c_proj": {"w": normal(n_embd, n_embd, std=residual_std), "b": zeros(n_embd)},
+            },
+            "ln_2": layer_norm_params(),
+            "mlp": {
+                "c_fc": {"w": normal(n_embd, 4 * n_embd), "b": zeros(4 * n_embd)},  # [n_embd, 4*n_embd]
+                "c_proj": {"w": normal(4 * n_embd, n_embd, std=residual_std), "b": zeros(n_embd)},
+            },
+        }
+        for _ in range(n_layer)
+    ]
+    return {"wte": normal(n_vocab, n_embd), "wpe": normal(n_ctx, n_embd), "blocks": blocks, "ln_f": layer_norm_params()}
+
+
 def trainable(params):
     """A writable float32 copy of params (a loaded model's arrays are read-only memory maps)."""
     if isinstance(params, dict):

@@ -17,15 +17,17 @@ import numpy as np
 
 import gpt2
 from cli import Parser, UsageError, check_model_flags, checked, real, run_command, terminate, whole
+from encoder import bytes_only
 from gpt2 import check_number, check_whole_number, plural
 from storage import hf, npy_copy, run_folder, safetensors_file
 from storage.files import NotUTF8, check_room, disk_full, no_room, read_jsonl, read_utf8, synced
-from train import AdamW, clip_gradients, learning_rate_at, leaves, loss_and_grads, trainable
+from train import AdamW, clip_gradients, init_params, learning_rate_at, leaves, loss_and_grads, trainable
 from utils import (
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODELS_DIR,
     MODEL_HPARAMS,
     expected_shapes,
+    load_gpt2_tokenizer,
     load_model,
     nest,
 )
@@ -33,6 +35,10 @@ from utils import (
 # Options that change nothing the run computes, and the run folder itself (which may have moved): a
 # resumed run may be given other ones
 FREE_TO_CHANGE = ("fresh", "steps", "models_dir", "eval_every", "sample_every", "save_every", "out")
+
+FINE_TUNING_LR = 1e-4  # a small step: the weights already know English
+# From scratch: nanoGPT's CPU recipe for its character-level Shakespeare (4 layers, 4 heads, 128 wide)
+SCRATCH = {"n_layer": 4, "n_head": 4, "n_embd": 128, "tokenizer": "bytes", "learning_rate": 1e-3}
 
 # Text to train on: documents joined with <|endoftext|>, tokenized once, windows at random offsets.
 
@@ -232,8 +238,24 @@ def load_optimizer(folder, optimizer):
 def load_run_params(folder):
     """The weights of a run folder, laid out as a loaded model's are (so that a resumed run computes
     exactly what the uninterrupted one would)."""
-    weights = os.path.join(folder, "model.safetensors")
-    return trainable(nest({key: npy_copy.laid_out(key, array) for key, array in hf.tensors(weights)}))
+    return as_loaded(hf.tensors(os.path.join(folder, "model.safetensors")))
+
+
+def as_loaded(tensors):  # (flat key, array) pairs -> trainable params, laid out as a loaded model's
+    return trainable(nest({key: npy_copy.laid_out(key, array) for key, array in tensors}))
+
+
+def starting_model(options):
+    """(encoder, hparams, params) that the run starts from: any model gpt2.py loads, or with
+    --from_scratch a new one of the shape given."""
+    if not options.from_scratch:
+        encoder, hparams, params = load_model(options.model or options.model_size, options.models_dir)
+        return encoder, hparams, trainable(params)
+    encoder = bytes_only() if options.tokenizer == "bytes" else load_gpt2_tokenizer(options.models_dir)
+    hparams = {"n_vocab": len(encoder.encoder), "n_ctx": options.n_ctx, "n_embd": options.n_embd}
+    hparams.update(n_head=options.n_head, n_layer=options.n_layer)
+    params = init_params(**hparams, seed=options.seed)
+    return encoder, hparams, as_loaded((dotted(path), array) for path, array in leaves(params))
 
 
 def open_run_folder(options):
@@ -469,13 +491,13 @@ class TrainingRun:
         documents = read_documents(options.data)  # bad data is refused before the model is loaded
         val_documents = read_documents([options.val_file]) if options.val_file else None
         check_text_before_tokens(options, documents, val_documents)
-        self.encoder, self.hparams, params = load_model(options.model or options.model_size, options.models_dir)
+        self.encoder, self.hparams, params = starting_model(options)
         self.n_head = self.hparams["n_head"]
         check_memory(self.hparams, options)
         self.train_ids, self.val_ids = training_data(
             options, documents, val_documents, self.encoder, self.hparams["n_ctx"]
         )
-        self.params = load_run_params(self.out) if saved else trainable(params)
+        self.params = load_run_params(self.out) if saved else params
         self.optimizer = AdamW(self.params, beta1=0.9, beta2=options.beta2, weight_decay=options.weight_decay)
         self.rng = np.random.default_rng(options.seed)
         self.step, self.elapsed, self.records, self.saved_step = 0, 0.0, [], 0
@@ -619,11 +641,17 @@ def make_parser():
     add("--model_size", help=f"which of OpenAI's models to start from: 124M, 355M, 774M or 1558M (default: {DEFAULT_MODEL_SIZE})")
     add("--model", help="instead, any model gpt2.py loads: a folder (a run folder too) or a hub name")
     add("--models_dir", default=DEFAULT_MODELS_DIR, help="where models, converted copies and tokenized data are kept (default: %(default)s)")
+    add("--from_scratch", action="store_true", help="instead, a new GPT of the shape below, its weights drawn as GPT-2's were")
+    add("--n_layer", type=whole, help=f"with --from_scratch: blocks (default: {SCRATCH['n_layer']})")
+    add("--n_head", type=whole, help=f"with --from_scratch: attention heads per block (default: {SCRATCH['n_head']})")
+    add("--n_embd", type=whole, help=f"with --from_scratch: the width, a multiple of --n_head (default: {SCRATCH['n_embd']})")
+    add("--n_ctx", type=whole, help="with --from_scratch: the context, at least --block_size (default: --block_size)")
+    add("--tokenizer", choices=["bytes", "gpt2"], help=f"with --from_scratch: bytes, 257 tokens (each byte and <|endoftext|>: any UTF-8 text, characters to learn), or gpt2, GPT-2's 50257 (default: {SCRATCH['tokenizer']})")
     add("--steps", type=whole, default=1000, help="optimizer steps in all (default: %(default)s)")
     add("--batch_size", type=whole, default=4, help="windows per micro-batch (default: %(default)s)")
     add("--block_size", type=whole, default=256, help="tokens per window (default: %(default)s)")
     add("--grad_accum", type=whole, default=1, help="micro-batches per step (default: %(default)s)")
-    add("--learning_rate", type=real, default=1e-4, help="peak learning rate (default: %(default)s)")
+    add("--learning_rate", type=real, help=f"peak learning rate (default: {FINE_TUNING_LR}, from scratch {SCRATCH['learning_rate']})")
     add("--warmup_steps", type=whole, default=20, help="steps of linear warm-up (default: %(default)s)")
     add("--lr_schedule", choices=["constant", "cosine"], default="cosine", help="after warm-up; cosine goes down to --min_lr (default: %(default)s)")
     add("--min_lr", type=real, help="the cosine's floor, reached at the last step (default: a tenth of --learning_rate)")
@@ -641,8 +669,10 @@ def make_parser():
     n_batch, block_size = parser.get_default("batch_size"), parser.get_default("block_size")
     needed = memory_needed(MODEL_HPARAMS[DEFAULT_MODEL_SIZE], n_batch, block_size) / 1e9
     parser.description = (
-        f"Fine-tune GPT-2 on your own text, in NumPy. The defaults suit a CPU: {DEFAULT_MODEL_SIZE}, batches of "
-        f"{n_batch} windows of {block_size} tokens (about {needed:.1f} GB of memory), a small learning rate for fine-tuning."
+        f"Fine-tune GPT-2 on your own text, or train a GPT from scratch, in NumPy. The defaults suit a CPU: "
+        f"{DEFAULT_MODEL_SIZE}, batches of {n_batch} windows of {block_size} tokens (about {needed:.1f} GB of memory), "
+        f"a small learning rate for fine-tuning; from scratch, {SCRATCH['n_layer']} layers of "
+        f"{SCRATCH['n_head']} heads {SCRATCH['n_embd']} wide on bytes, nanoGPT's CPU recipe, which trains in minutes."
     )
     return parser
 
@@ -653,6 +683,9 @@ def parse_arguments(args):
         checked(check_whole_number, name, getattr(options, name), low)
     for name, low in (("eval_every", 1), ("sample_every", 0), ("save_every", 1), ("seed", 0)):
         checked(check_whole_number, name, getattr(options, name), low)
+    check_shape_flags(options)
+    if options.learning_rate is None:
+        options.learning_rate = SCRATCH["learning_rate"] if options.from_scratch else FINE_TUNING_LR
     for name in ("learning_rate", "weight_decay", "grad_clip"):
         checked(check_number, name, getattr(options, name), 0)
     if options.min_lr is not None:
@@ -663,11 +696,33 @@ def parse_arguments(args):
         raise UsageError("give --val_fraction or --val_file, not both")
     if options.val_file is not None:
         options.val_fraction = 0.0
-    check_model_flags(options.model, options.model_size)
-    options.model_size = options.model_size or (DEFAULT_MODEL_SIZE if options.model is None else None)
+    if not options.from_scratch:
+        check_model_flags(options.model, options.model_size)
+        options.model_size = options.model_size or (DEFAULT_MODEL_SIZE if options.model is None else None)
     if os.path.exists(options.out) and not os.path.isdir(options.out):
         raise UsageError(f"--out {options.out} is a file: give a folder for the run")
     return options
+
+
+def check_shape_flags(options):
+    """--from_scratch's shape, its defaults filled in; the shape flags are for it alone."""
+    shape = ("n_layer", "n_head", "n_embd", "n_ctx", "tokenizer")
+    if not options.from_scratch:
+        given = [name for name in shape if getattr(options, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} is for --from_scratch: a model's own shape cannot change")
+        return
+    if options.model is not None or options.model_size is not None:
+        raise UsageError("--from_scratch starts from no model: not with --model or --model_size")
+    for name in shape:
+        if getattr(options, name) is None:
+            setattr(options, name, options.block_size if name == "n_ctx" else SCRATCH[name])
+    for name in ("n_layer", "n_head", "n_embd", "n_ctx"):
+        checked(check_whole_number, name, getattr(options, name), 1)
+    if options.n_embd % options.n_head:
+        raise UsageError(f"--n_embd {options.n_embd} is not a multiple of --n_head {options.n_head}")
+    if options.n_ctx < options.block_size:
+        raise UsageError(f"--n_ctx {options.n_ctx} is shorter than --block_size {options.block_size}")
 
 
 def main(args=None):

@@ -180,6 +180,17 @@ def load_openai_folder(model_dir, model_size=None):
     return read_encoder(os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe")), hparams, params
 
 
+def load_gpt2_tokenizer(models_dir):
+    """OpenAI's tokenizer alone (encoder.json and vocab.bpe), downloaded into models_dir/124M if missing."""
+    model_dir = os.path.join(models_dir, "124M")
+    missing = [name for name in ("encoder.json", "vocab.bpe") if not os.path.exists(os.path.join(model_dir, name))]
+    if missing:
+        os.makedirs(model_dir, exist_ok=True)
+        with model_lock(model_dir):
+            download("124M", model_dir, missing)
+    return read_encoder(os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe"))
+
+
 def load_encoder_hparams_and_params(model_size, models_dir):
     """(encoder, hparams, params) of one of OpenAI's GPT-2 models, downloading what is missing."""
     check_model_size(model_size)  # before any path is built from it
