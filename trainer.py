@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,7 +21,17 @@ from cli import Parser, UsageError, check_model_flags, checked, real, run_comman
 from encoder import bytes_only
 from gpt2 import check_number, check_whole_number, plural
 from storage import hf, npy_copy, run_folder, safetensors_file
-from storage.files import NotUTF8, check_room, disk_full, no_room, read_jsonl, read_utf8, synced
+from storage.files import (
+    JsonlError,
+    NotUTF8,
+    check_fields,
+    check_room,
+    disk_full,
+    no_room,
+    read_jsonl,
+    read_utf8,
+    synced,
+)
 from train import AdamW, clip_gradients, init_params, learning_rate_at, leaves, loss_and_grads, trainable
 from utils import (
     DEFAULT_MODEL_SIZE,
@@ -43,18 +54,27 @@ SCRATCH = {"n_layer": 4, "n_head": 4, "n_embd": 128, "tokenizer": "bytes", "lear
 # Text to train on: documents joined with <|endoftext|>, tokenized once, windows at random offsets.
 
 
+class Pair(NamedTuple):
+    """A prompt and the completion the model is to learn to give it, and where the pair was read."""
+
+    prompt: str
+    completion: str
+    where: str  # "FILE line N", for messages
+
+
 def read_documents(paths):
     """The documents of the data: each UTF-8 text file is one, and each line of a .jsonl file with a
-    "text" field is one. A folder gives every regular file in it (sorted), but not hidden ones (.git),
-    not pipes or devices (reading one could wait for ever), and not files that are not UTF-8 text (a
-    picture): those are counted on stderr. An empty file, or a bad file or line given by name, stops
-    everything with its name and line, before any model work."""
+    "text" field is one; or, from .jsonl lines with "prompt" and "completion", a Pair each. A folder
+    gives every regular file in it (sorted), but not hidden ones (.git), not pipes or devices (reading
+    one could wait for ever), and not files that are not UTF-8 text (a picture): those are counted on
+    stderr. An empty file, a bad file or line given by name, or texts mixed with pairs stop everything
+    with the file's name and line, before any model work."""
     documents, skipped = [], {"not UTF-8 text": [], "not a regular file": []}
     for path in paths:
         names = data_files(path, skipped["not a regular file"]) if os.path.isdir(path) else [path]
         for name in names:
             if name.endswith(".jsonl"):
-                documents += [record["text"] for _, record in read_jsonl(name, "text")[1]]
+                documents += jsonl_documents(name)
                 continue
             try:
                 document = read_utf8(name)
@@ -69,8 +89,36 @@ def read_documents(paths):
     for why, names in skipped.items():
         if names:
             print(f"skipped {plural(len(names), 'file')}, {why}: {', '.join(names)}", file=sys.stderr)
-    if not any(document.strip() for document in documents):
+    pairs = [document for document in documents if isinstance(document, Pair)]
+    if pairs and len(pairs) < len(documents):
+        raise ValueError(
+            f"{', '.join(paths)} mix texts with prompt/completion pairs ({pairs[0].where}): give one or the other"
+        )
+    if not pairs and not any(document.strip() for document in documents):
         raise ValueError(f"no text in {', '.join(paths)}")
+    return documents
+
+
+def jsonl_documents(path):
+    """The texts of a .jsonl file's "text" lines, or the Pairs of its "prompt" and "completion" lines:
+    the first line says which, and every line must be of that kind."""
+    source, records = read_jsonl(path)
+    if not records:
+        return []
+    is_pairs = not {"prompt", "completion"}.isdisjoint(records[0][1])
+    fields, others = (("prompt", "completion"), ("text",)) if is_pairs else (("text",), ("prompt", "completion"))
+    documents = []
+    for number, record in records:
+        mixed = [key for key in others if key in record]
+        if mixed:
+            kind = "prompt/completion pairs" if is_pairs else "texts"
+            raise JsonlError(
+                f'{source} line {number}: "{mixed[0]}" in a file of {kind} (as its first line): one kind per file'
+            )
+        check_fields(source, number, record, fields)
+        documents.append(
+            Pair(record["prompt"], record["completion"], f"{source} line {number}") if is_pairs else record["text"]
+        )
     return documents
 
 
@@ -142,18 +190,64 @@ def random_windows(ids, rng, n_batch, block_size):  # -> [n_batch, block_size + 
     return np.stack([ids[o : o + block_size + 1] for o in offsets]).astype(np.int64)
 
 
-def held_out_loss(params, ids, n_head, n_batch, block_size, max_windows=16):
-    """The mean loss over evenly spaced windows of the held-out ids (the same ones at every evaluation)."""
+def held_out_windows(ids, n_batch, block_size, max_windows=16):
+    """Evenly spaced windows of the held-out ids in batches (batch, None): the same at every evaluation."""
     n_windows = min(max_windows, max(1, (len(ids) - 1) // block_size))
     offsets = np.linspace(0, len(ids) - block_size - 1, n_windows).astype(int)
     windows = np.stack([ids[o : o + block_size + 1] for o in offsets]).astype(np.int64)
-    losses = [forward_loss(params, windows[i : i + n_batch], n_head) for i in range(0, len(windows), n_batch)]
-    return float(np.average(losses, weights=[len(windows[i : i + n_batch]) for i in range(0, len(windows), n_batch)]))
+    return [(windows[i : i + n_batch], None) for i in range(0, len(windows), n_batch)]
 
 
-def forward_loss(params, batch, n_head):  # the loss of loss_and_grads, without the backward pass
-    logits = gpt2.gpt2(batch[:, :-1], **params, n_head=n_head)  # [n_batch, n_seq, n_vocab]
-    return float(np.mean(gpt2.next_token_nlls(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))))
+MAX_HELD_OUT_PAIRS = 64  # the held-out loss of pairs is over at most these, the same ones at every evaluation
+
+# Prompt/completion pairs: each pair is one row, prompt + completion + <|endoftext|>, and the loss is on
+# the completion's tokens and that <|endoftext|> only: the model learns to answer, not to write prompts.
+
+
+def tokenize_pairs(pairs, encoder, n_ctx):
+    """(ids, n_prompt) of each pair; a pair longer than the context is refused with its file and line."""
+    rows = []
+    for pair in pairs:
+        prompt = encoder.encode(pair.prompt) or [encoder.end_of_text]  # an empty prompt: a fresh document
+        ids = prompt + encoder.encode(pair.completion) + [encoder.end_of_text]
+        if len(ids) - 1 > n_ctx:
+            raise ValueError(
+                f"{pair.where}: the pair is {len(ids) - 1} tokens (with <|endoftext|> after the completion, "
+                f"and less its last), more than the model's context of {n_ctx}"
+            )
+        rows.append((ids, len(prompt)))
+    return rows
+
+
+def pair_batch(rows, pad):  # (ids, n_prompt) rows -> ids [n_rows, longest], mask [n_rows, longest - 1]
+    """The rows padded to the longest, and the mask of the predictions that count: each completion
+    token's and the final <|endoftext|>'s, not the prompt's and not the padding's."""
+    longest = max(len(ids) for ids, _ in rows)
+    batch = np.full((len(rows), longest), pad, np.int64)
+    mask = np.zeros((len(rows), longest - 1), np.float32)
+    for i, (ids, n_prompt) in enumerate(rows):
+        batch[i, : len(ids)] = ids
+        mask[i, n_prompt - 1 : len(ids) - 1] = 1  # prediction j is of token j + 1
+    return batch, mask
+
+
+def held_out_pairs(pairs, fraction):
+    """The pairs to train on and those held out: `fraction` of them, at evenly spaced places (not the
+    end: a file of examples is often in some order)."""
+    n_held_out = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
+    held_out = set(np.linspace(0, len(pairs) - 1, n_held_out).round().astype(int).tolist())
+    return [p for i, p in enumerate(pairs) if i not in held_out], [p for i, p in enumerate(pairs) if i in held_out]
+
+
+def held_out_loss(params, batches, n_head):
+    """The mean loss of the held-out batches (batch, mask), over every prediction that counts."""
+    total, counted = 0.0, 0.0
+    for batch, mask in batches:
+        logits = gpt2.gpt2(batch[:, :-1], **params, n_head=n_head)  # [n_batch, n_seq, n_vocab]
+        nlls = gpt2.next_token_nlls(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        weights = np.ones_like(nlls) if mask is None else mask.reshape(-1)
+        total, counted = total + float(np.dot(weights, nlls)), counted + float(weights.sum())
+    return total / counted
 
 
 def memory_needed(hparams, n_batch, block_size):
@@ -175,11 +269,12 @@ def memory_available():
 
 
 def accumulated_grads(params, micro_batches, n_head):
-    """The mean loss and gradients of several micro-batches of one size: the same, up to rounding, as
-    one batch that holds them all (each micro-batch's are already a mean over its predictions)."""
+    """The mean loss and gradients of several micro-batches (batch, mask): the same, up to rounding, as
+    one batch that holds them all when each has as many predictions that count (each micro-batch's
+    are already a mean over its own)."""
     total, losses = None, []
-    for batch in micro_batches:
-        loss, grads = loss_and_grads(params, batch, n_head)
+    for batch, mask in micro_batches:
+        loss, grads = loss_and_grads(params, batch, n_head, mask)
         losses.append(float(loss))
         if total is None:
             total = grads
@@ -465,6 +560,15 @@ def check_enough_text(options, n_train, n_held_out, at_most=""):
             )
 
 
+def check_held_out_kind(options, pairs, val_documents):
+    """Held-out data of the training data's kind."""
+    if val_documents and isinstance(val_documents[0], Pair) != pairs:
+        kinds = ("prompt/completion pairs", "texts") if pairs else ("texts", "prompt/completion pairs")
+        raise ValueError(
+            f"the data are {kinds[0]} and --val_file {options.val_file} holds {kinds[1]}: give the same kind"
+        )
+
+
 def check_memory(hparams, options):
     needed, available = memory_needed(hparams, options.batch_size, options.block_size), memory_available()
     if needed > 0.9 * available:
@@ -483,20 +587,29 @@ def stopping(signum):
 
 
 class TrainingRun:
-    """The state of a run (weights, optimizer, random windows, step, log) and its loop."""
+    """The state of a run (weights, optimizer, random batches, step, log) and its loop."""
 
     def __init__(self, options):
         self.options, self.out = options, options.out
         saved = open_run_folder(options)
         documents = read_documents(options.data)  # bad data is refused before the model is loaded
         val_documents = read_documents([options.val_file]) if options.val_file else None
-        check_text_before_tokens(options, documents, val_documents)
+        self.pairs = isinstance(documents[0], Pair)
+        check_held_out_kind(options, self.pairs, val_documents)
+        if self.pairs and not val_documents and len(documents) < 2:
+            raise ValueError(f"{', '.join(options.data)} hold one prompt/completion pair: at least 2, one to hold out")
+        if not self.pairs:
+            check_text_before_tokens(options, documents, val_documents)
         self.encoder, self.hparams, params = starting_model(options)
         self.n_head = self.hparams["n_head"]
         check_memory(self.hparams, options)
-        self.train_ids, self.val_ids = training_data(
-            options, documents, val_documents, self.encoder, self.hparams["n_ctx"]
-        )
+        if self.pairs:
+            self.read_pairs(documents, val_documents)
+        else:
+            self.train_ids, val_ids = training_data(
+                options, documents, val_documents, self.encoder, self.hparams["n_ctx"]
+            )
+            self.val_batches = held_out_windows(val_ids, options.batch_size, options.block_size)
         self.params = load_run_params(self.out) if saved else params
         self.optimizer = AdamW(self.params, beta1=0.9, beta2=options.beta2, weight_decay=options.weight_decay)
         self.rng = np.random.default_rng(options.seed)
@@ -505,6 +618,39 @@ class TrainingRun:
             self.resume(saved)
         os.makedirs(self.out, exist_ok=True)
         self.write_log()  # the log as far as the save goes: later steps are redone
+
+    def read_pairs(self, pairs, val_pairs):
+        """The pairs' rows to train on, and the held-out ones in batches of at most MAX_HELD_OUT_PAIRS."""
+        train_pairs, val_pairs = (pairs, val_pairs) if val_pairs else held_out_pairs(pairs, self.options.val_fraction)
+        self.train_rows = tokenize_pairs(train_pairs, self.encoder, self.hparams["n_ctx"])
+        self.val_rows = tokenize_pairs(val_pairs, self.encoder, self.hparams["n_ctx"])
+        n_batch, end_of_text = self.options.batch_size, self.encoder.end_of_text
+        rows = self.val_rows[:MAX_HELD_OUT_PAIRS]
+        self.val_batches = [pair_batch(rows[i : i + n_batch], end_of_text) for i in range(0, len(rows), n_batch)]
+
+    def micro_batch(self):  # -> (ids [n_batch, n_seq + 1], the mask of the predictions that count, or None)
+        o = self.options
+        if self.pairs:
+            rows = [self.train_rows[i] for i in self.rng.integers(0, len(self.train_rows), size=o.batch_size)]
+            return pair_batch(rows, self.encoder.end_of_text)
+        return random_windows(self.train_ids, self.rng, o.batch_size, o.block_size), None
+
+    def sample(self):
+        """A line for the log: from text, 40 tokens after <|endoftext|>; from pairs, a held-out prompt's
+        greedy completion beside the one held out."""
+        end_of_text, n_ctx = self.encoder.end_of_text, self.hparams["n_ctx"]
+        decode = self.encoder.decode
+        if not self.pairs:
+            options = {"temperature": 1.0, "top_k": min(40, self.hparams["n_vocab"]), "seed": self.step}
+            new = gpt2.generate(
+                [end_of_text], self.params, self.n_head, min(40, n_ctx - 1), **options, end_of_text=end_of_text
+            )
+            return f"sample at step {self.step}: {decode(new)!r}"
+        ids, n_prompt = self.val_rows[(self.step // self.options.sample_every - 1) % len(self.val_rows)]
+        n_tokens = max(1, min(2 * (len(ids) - n_prompt), n_ctx - n_prompt))
+        new = gpt2.generate(ids[:n_prompt], self.params, self.n_head, n_tokens, end_of_text=end_of_text)
+        held_out = decode(ids[n_prompt:-1])
+        return f"sample at step {self.step}: {decode(ids[:n_prompt])!r} -> {decode(new)!r} (held out: {held_out!r})"
 
     @property
     def log_path(self):
@@ -566,20 +712,18 @@ class TrainingRun:
         learning_rate = learning_rate_at(
             self.step + 1, o.learning_rate, o.warmup_steps, o.lr_schedule, o.steps, o.min_lr
         )
-        micro_batches = (
-            random_windows(self.train_ids, self.rng, o.batch_size, o.block_size) for _ in range(o.grad_accum)
-        )
+        micro_batches = [self.micro_batch() for _ in range(o.grad_accum)]
         loss, grads = accumulated_grads(self.params, micro_batches, self.n_head)
         clip_gradients(grads, o.grad_clip)
         self.optimizer.step(self.params, grads, learning_rate)
         self.step += 1
         seconds = time.perf_counter() - start
         self.elapsed += seconds
-        tokens = o.batch_size * o.block_size * o.grad_accum
+        tokens = sum(batch[:, :-1].size for batch, _ in micro_batches)
         record = {"step": self.step, "train_loss": loss, "learning_rate": learning_rate}
         record.update({"tokens_per_second": tokens / seconds, "elapsed": self.elapsed})
         if self.step % o.eval_every == 0 or self.step == o.steps:
-            record["val_loss"] = held_out_loss(self.params, self.val_ids, self.n_head, o.batch_size, o.block_size)
+            record["val_loss"] = held_out_loss(self.params, self.val_batches, self.n_head)
         self.records.append(record)
         self.log(record)
         return record
@@ -602,17 +746,7 @@ class TrainingRun:
                 if "val_loss" in record:
                     bar.write(f"step {self.step}: held-out loss {record['val_loss']:.4f}", file=sys.stderr)
                 if o.sample_every and self.step % o.sample_every == 0:
-                    new_ids = gpt2.generate(
-                        [self.encoder.end_of_text],
-                        self.params,
-                        self.n_head,
-                        40,
-                        temperature=1.0,
-                        top_k=40,
-                        seed=self.step,
-                        end_of_text=self.encoder.end_of_text,
-                    )
-                    bar.write(f"sample at step {self.step}: {self.encoder.decode(new_ids)!r}", file=sys.stderr)
+                    bar.write(self.sample(), file=sys.stderr)
                 if self.step % o.save_every == 0 or self.step == o.steps or stop:
                     self.save()
         finally:

@@ -119,9 +119,9 @@ class JsonlError(ValueError):
     """A line of a JSON Lines file is not what it should be."""
 
 
-def read_jsonl(path, field):
+def read_jsonl(path, *fields):
     """The objects of a JSON Lines file ("-": standard input) as (line number, object), each checked to
-    hold the text field. Blank lines are skipped. A bad line stops everything with its number."""
+    hold the text fields. Blank lines are skipped. A bad line stops everything with its number."""
     source = source_name(path)
     records = []
     for number, line in enumerate(read_utf8(path).splitlines(), 1):
@@ -135,9 +135,15 @@ def read_jsonl(path, field):
             ) from None
         if not isinstance(record, dict):
             raise JsonlError(f"{source} line {number}: not a JSON object but {type(record).__name__}")
+        check_fields(source, number, record, fields)
+        records.append((number, record))
+    return source, records
+
+
+def check_fields(source, number, record, fields):
+    """Each of the fields in a JSON Lines record, and a string."""
+    for field in fields:
         if field not in record:
             raise JsonlError(f'{source} line {number}: no "{field}" key')
         if not isinstance(record[field], str):
             raise JsonlError(f'{source} line {number}: "{field}" is not a string but {type(record[field]).__name__}')
-        records.append((number, record))
-    return source, records
