@@ -212,8 +212,8 @@ def tokenize_pairs(pairs, encoder, n_ctx):
         ids = prompt + encoder.encode(pair.completion) + [encoder.end_of_text]
         if len(ids) - 1 > n_ctx:
             raise ValueError(
-                f"{pair.where}: the pair is {len(ids) - 1} tokens (with <|endoftext|> after the completion, "
-                f"and less its last), more than the model's context of {n_ctx}"
+                f"{pair.where}: prompt, completion and <|endoftext|> are {len(ids)} tokens; the model reads at "
+                f"most {n_ctx + 1} (its context of {n_ctx}, and one more to predict)"
             )
         rows.append((ids, len(prompt)))
     return rows

@@ -236,3 +236,19 @@ def train_args(base, *extra):
     """train.py's arguments for a small_run: its data and models, small windows, no samples."""
     return [str(base / "data"), "--models_dir", str(base / "models"), "--block_size", "32", "--batch_size", "4",
             "--sample_every", "0", *extra]  # fmt: skip
+
+
+def ours_path(hf_name):
+    """HuggingFace's parameter name -> the path of the same weight in our params."""
+    from storage.hf import flat_key
+
+    path = []
+    for part in flat_key(hf_name).split("."):
+        path.append(int(part) if part.isdigit() else part)
+    return tuple(path)
+
+
+def at(tree, path):
+    for part in path:
+        tree = tree[part]
+    return tree

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import N_HEAD, SMALL_HPARAMS, needs, train_args
+from helpers import N_HEAD, SMALL_HPARAMS, at, needs, ours_path, train_args
 
 import gpt2
 import train
@@ -16,22 +16,6 @@ import trainer
 
 def random_batch(seed, n_batch, n_seq):
     return np.random.RandomState(seed).randint(0, SMALL_HPARAMS["n_vocab"], (n_batch, n_seq + 1))
-
-
-def ours_path(hf_name):
-    """HuggingFace's parameter name -> the path of the same weight in our params."""
-    from storage.hf import flat_key
-
-    path = []
-    for part in flat_key(hf_name).split("."):
-        path.append(int(part) if part.isdigit() else part)
-    return tuple(path)
-
-
-def at(tree, path):
-    for part in path:
-        tree = tree[part]
-    return tree
 
 
 def hf_loss_and_grads(model, batch, labels=None):
@@ -99,7 +83,9 @@ def test_micro_batches_accumulate_to_the_gradient_of_their_whole_batch(small_par
     """--grad_accum: two micro-batches of 2 give one batch of 4's loss and gradients."""
     batch = random_batch(3, 4, 24)
     loss, grads = train.loss_and_grads(small_params, batch, N_HEAD)
-    accumulated_loss, accumulated = trainer.accumulated_grads(small_params, [(batch[:2], None), (batch[2:], None)], N_HEAD)
+    accumulated_loss, accumulated = trainer.accumulated_grads(
+        small_params, [(batch[:2], None), (batch[2:], None)], N_HEAD
+    )
     assert abs(accumulated_loss - loss) <= 1e-5 * loss
     assert_close_per_tensor(accumulated, dict(train.leaves(grads)), tolerance=1e-5)
 
