@@ -449,8 +449,9 @@ def resolved(recorded):
 
 def check_same_options(out, saved, given):
     """A resumed run must compute what it would have: refused, with what differs, if it would not."""
-    saved = resolved(saved)
-    changed = sorted(key for key in given if saved.get(key) != given[key])
+    defaults = make_parser()  # options that a run saved by an older train.py did not have had their defaults
+    saved = resolved({key: saved.get(key, defaults.get_default(key)) for key in given})
+    changed = sorted(key for key in given if saved[key] != given[key])
     if changed:
         differences = "; ".join(f"--{key} {shown(given[key])} (the run has {shown(saved.get(key))})" for key in changed)
         raise ValueError(

@@ -254,3 +254,17 @@ def test_a_data_folder_skips_pipes_and_refuses_empty_files(tmp_path, capsys):
     (notes / "b.txt").write_text("\n")
     with pytest.raises(ValueError, match="b.txt is empty: there is nothing in it to train on"):
         trainer.read_documents([str(notes)])
+
+
+def test_a_run_saved_by_an_older_train_py_resumes(trained, capsys):
+    """No commit.json, and none of the options added since (--beta2, --from_scratch, ...): they had
+    their defaults then."""
+    base, out = trained
+    state = json.loads((out / "state.json").read_text())
+    for key in ("beta2", "min_lr", "from_scratch", "n_layer", "n_head", "n_embd", "n_ctx", "tokenizer"):
+        del state["options"][key]
+    (out / "state.json").write_text(json.dumps(state))
+    (out / "commit.json").unlink()
+    result = train(capsys, base, "--steps", "3", "--out", str(out))
+    assert result.returncode == 0 and "at step 2" in result.stderr, result.stderr
+    assert "saved without checksums (by an older train.py)" in result.stderr
