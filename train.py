@@ -46,7 +46,10 @@ THREADS = ThreadPoolExecutor(len(os.sched_getaffinity(0)) if hasattr(os, "sched_
 
 
 def on_every_core(work, n, piece=PIECE):
-    """work(slice) for slices of at most `piece` that cover range(n), spread over a thread per core."""
+    """work(slice) for slices of at most `piece` that cover range(n), spread over a thread per core
+    (one slice is done here: handing it to a thread would only add the wait)."""
+    if n <= piece:
+        return work(slice(0, n))
     for _ in THREADS.map(work, [slice(start, start + piece) for start in range(0, n, piece)]):
         pass
 
