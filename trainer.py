@@ -648,8 +648,12 @@ class TrainingRun:
             )
             return f"sample at step {self.step}: {decode(new)!r}"
         ids, n_prompt = self.val_rows[(self.step // self.options.sample_every - 1) % len(self.val_rows)]
-        n_tokens = max(1, min(2 * (len(ids) - n_prompt), n_ctx - n_prompt))
-        new = gpt2.generate(ids[:n_prompt], self.params, self.n_head, n_tokens, end_of_text=end_of_text)
+        n_tokens = min(2 * (len(ids) - n_prompt), n_ctx - n_prompt)  # room for the answer, and more
+        new = (
+            gpt2.generate(ids[:n_prompt], self.params, self.n_head, n_tokens, end_of_text=end_of_text)
+            if n_tokens
+            else []
+        )
         held_out = decode(ids[n_prompt:-1])
         return f"sample at step {self.step}: {decode(ids[:n_prompt])!r} -> {decode(new)!r} (held out: {held_out!r})"
 
