@@ -775,7 +775,7 @@ def make_parser():
     parser = Parser(prog="python train.py", epilog="example: python train.py notes/ --out runs/notes --steps 300")
     # fmt: off
     add = parser.add_argument
-    add("data", nargs="+", help='UTF-8 text files, folders of them, or .jsonl files with a "text" field')
+    add("data", nargs="+", help='UTF-8 text files, folders of them, or .jsonl files with a "text" field, or with "prompt" and "completion" to learn to answer')
     add("--out", required=True, help="the run folder: the model (HuggingFace's layout), optimizer state, log.jsonl, loss.svg")
     add("--model_size", help=f"which of OpenAI's models to start from: 124M, 355M, 774M or 1558M (default: {DEFAULT_MODEL_SIZE})")
     add("--model", help="instead, any model gpt2.py loads: a folder (a run folder too) or a hub name")
@@ -787,7 +787,7 @@ def make_parser():
     add("--n_ctx", type=whole, help="with --from_scratch: the context, at least --block_size (default: --block_size)")
     add("--tokenizer", choices=["bytes", "gpt2"], help=f"with --from_scratch: bytes, 257 tokens (each byte and <|endoftext|>: any UTF-8 text, characters to learn), or gpt2, GPT-2's 50257 (default: {SCRATCH['tokenizer']})")
     add("--steps", type=whole, default=1000, help="optimizer steps in all (default: %(default)s)")
-    add("--batch_size", type=whole, default=4, help="windows per micro-batch (default: %(default)s)")
+    add("--batch_size", type=whole, default=4, help="windows (or prompt/completion pairs) per micro-batch (default: %(default)s)")
     add("--block_size", type=whole, default=256, help="tokens per window (default: %(default)s)")
     add("--grad_accum", type=whole, default=1, help="micro-batches per step (default: %(default)s)")
     add("--learning_rate", type=real, help=f"peak learning rate (default: {FINE_TUNING_LR}, from scratch {SCRATCH['learning_rate']})")
