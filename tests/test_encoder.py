@@ -5,6 +5,7 @@ import os
 import random
 import string
 
+import pytest
 from helpers import PROMPT, PROMPT_IDS, REPO_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,6 +120,7 @@ class CountingRanks(dict):
         return super().__contains__(key)
 
 
+@pytest.mark.slow
 def test_long_words_cost_work_in_proportion_to_their_length(encoder, tiktoken_gpt2, monkeypatch):
     """A client can send one word of a megabyte: merging must not rescan the word after each merge
     (quadratic: half a minute for 40,000 letters), yet give tiktoken's ids."""

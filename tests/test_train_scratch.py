@@ -71,6 +71,7 @@ def pairs_args(base, *extra):
             "--sample_every", "0", "--models_dir", str(base / "models"), *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_first_weights_are_drawn_as_huggingfaces_init_weights():
     """Per tensor: the std of HuggingFace's _init_weights for the same config (within 5%), and its
     zeros and ones; and a first loss of about ln(vocabulary size), as a model that knows nothing has."""
@@ -97,6 +98,7 @@ def test_the_first_weights_are_drawn_as_huggingfaces_init_weights():
     assert abs(loss - math.log(257)) < 0.1
 
 
+@pytest.mark.slow
 def test_a_byte_level_model_learns_english_from_nothing(licences, capsys):
     """The byte unigram entropy is the best that any model ignoring the context can do. 0.5 nats below
     it is about where predicting from the previous byte alone gets (the licences' byte-bigram entropy
@@ -126,6 +128,7 @@ def reversal_run(tmp_path_factory):
     return base, out, trainer.held_out_pairs(pairs, 0.05)[1]
 
 
+@pytest.mark.slow
 def test_a_small_model_learns_a_task_from_prompt_completion_pairs(reversal_run):
     """At least 90% of the held-out prompts completed exactly, greedily, ending with <|endoftext|>."""
     _, out, held_out = reversal_run
@@ -137,6 +140,7 @@ def test_a_small_model_learns_a_task_from_prompt_completion_pairs(reversal_run):
     assert len(held_out) == 100 and right >= 90, right
 
 
+@pytest.mark.slow
 def test_a_byte_level_run_folder_in_huggingface_and_in_gpt2(reversal_run, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -160,6 +164,7 @@ def test_a_byte_level_run_folder_in_huggingface_and_in_gpt2(reversal_run, capsys
     assert abs(printed - hf_nll) < 1e-3, (scored.stdout, hf_nll)
 
 
+@pytest.mark.slow
 def test_a_byte_level_model_serves_and_ends_at_its_own_end_of_text(reversal_run):
     openai = pytest.importorskip("openai")
     from helpers import ServerProcess
@@ -174,6 +179,7 @@ def test_a_byte_level_model_serves_and_ends_at_its_own_end_of_text(reversal_run)
         assert served.stop() == 130
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "pairs"])
 def test_a_run_from_scratch_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path, kind):
     base = write_licences(tmp_path) if kind == "text" else write_reversal(tmp_path)
