@@ -252,3 +252,27 @@ def at(tree, path):
     for part in path:
         tree = tree[part]
     return tree
+
+
+def train_in_process(capsys, args):
+    """`python train.py ARGS...` as trainer.main in this process: a Result."""
+    import trainer
+
+    try:
+        trainer.main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return Result(code, *capsys.readouterr())
+
+
+def stopped_once_saved(command, out, signum):
+    """A training command started in a new process and sent signum once out/state.json exists (its
+    first save): (exit code, stderr)."""
+    process = subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(out, "state.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr

@@ -257,9 +257,8 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_same_weights(small_ru
     import signal
     import subprocess
     import sys
-    import time
 
-    from helpers import REPO_DIR
+    from helpers import REPO_DIR, stopped_once_saved
 
     args = train_args(small_run, "--steps", "40", "--save_every", "5", "--eval_every", "20")
     whole = subprocess.run(
@@ -270,13 +269,8 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_to_the_same_weights(small_ru
     )
     assert whole.returncode == 0, whole.stderr
     command = [sys.executable, "train.py", *args, "--out", str(small_run / "cut")]
-    process = subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (small_run / "cut" / "state.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(getattr(signal, signum))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + getattr(signal, signum), stderr
+    code, stderr = stopped_once_saved(command, small_run / "cut", getattr(signal, signum))
+    assert code == 128 + getattr(signal, signum), stderr
     assert "saved in" in stderr and "Traceback" not in stderr
     stopped_at = __import__("json").loads((small_run / "cut" / "state.json").read_text())["step"]
     assert 0 < stopped_at < 40

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO_DIR, Result, assert_clean_error, train_args
+from helpers import REPO_DIR, assert_clean_error, train_args, train_in_process
 
 import trainer
 from storage import run_folder
@@ -21,16 +21,7 @@ pytestmark = pytest.mark.slow  # each trains a small model
 
 def train(capsys, base, *args):
     """trainer.main on small_run's data and models, in this process: a Result."""
-    return train_with(capsys, train_args(base, *args))
-
-
-def train_with(capsys, args):
-    try:
-        trainer.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return Result(code, *capsys.readouterr())
+    return train_in_process(capsys, train_args(base, *args))
 
 
 @pytest.fixture
@@ -62,7 +53,7 @@ def test_the_same_folders_named_otherwise_resume(trained, capsys, monkeypatch):
     result = train(capsys, base, "--steps", "4", "--out", "./run")
     assert result.returncode == 0 and "at step 3" in result.stderr, result.stderr
     relative = ["data/", "--models_dir", "models", "--block_size", "32", "--batch_size", "4", "--sample_every", "0"]
-    result = train_with(capsys, [*relative, "--steps", "5", "--out", "run"])
+    result = train_in_process(capsys, [*relative, "--steps", "5", "--out", "run"])
     assert result.returncode == 0 and "at step 4" in result.stderr, result.stderr
     os.rename(out, base / "moved")
     result = train(capsys, base, "--steps", "6", "--out", str(base / "moved"))

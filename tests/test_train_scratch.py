@@ -9,11 +9,10 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from helpers import REPO_DIR, Result, assert_clean_error, at, cli, ours_path
+from helpers import REPO_DIR, assert_clean_error, at, cli, ours_path, stopped_once_saved, train_in_process
 
 import gpt2
 import train
@@ -21,15 +20,6 @@ import trainer
 from encoder import bytes_only
 
 MIXED_TEXT = "Ça coûte 5 € — naïve façade; 日本語のテキスト, 한국어, and emoji 🤗👍🏽!"
-
-
-def train_with(capsys, args):
-    try:
-        trainer.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return Result(code, *capsys.readouterr())
 
 
 def write_licences(base):
@@ -103,7 +93,7 @@ def test_a_byte_level_model_learns_english_from_nothing(licences, capsys):
     """The byte unigram entropy is the best that any model ignoring the context can do. 0.5 nats below
     it is about where predicting from the previous byte alone gets (the licences' byte-bigram entropy
     is some 0.75 below): 400 steps of 8 x 64 bytes reach it only by reading the context."""
-    result = train_with(
+    result = train_in_process(
         capsys, [*scratch_args(licences, "--steps", "400", "--eval_every", "400"), "--out", str(licences / "run")]
     )
     assert result.returncode == 0, result.stderr
@@ -191,13 +181,8 @@ def test_a_run_from_scratch_stopped_by_sigterm_resumes_to_the_same_weights(tmp_p
     )
     assert whole.returncode == 0, whole.stderr
     command = [sys.executable, "train.py", *args, "--out", str(base / "cut")]
-    process = subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (base / "cut" / "state.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr
+    code, stderr = stopped_once_saved(command, base / "cut", signal.SIGTERM)
+    assert code == 143, stderr
     stopped_at = json.loads((base / "cut" / "state.json").read_text())["step"]
     assert 0 < stopped_at < 60
     again = subprocess.run(command, cwd=REPO_DIR, capture_output=True, text=True)
@@ -234,7 +219,7 @@ def test_bad_pairs_are_refused_with_their_file_and_line(tmp_path, capsys, lines,
         "--out",
         str(tmp_path / "run"),
     ]
-    result = train_with(capsys, [*args, "--models_dir", str(tmp_path / "models")])
+    result = train_in_process(capsys, [*args, "--models_dir", str(tmp_path / "models")])
     assert_clean_error(result, f"{tmp_path / 'data' / 'pairs.jsonl'} {message}")
     assert result.returncode == 1 and not (tmp_path / "run").exists()
 
@@ -243,7 +228,7 @@ def test_texts_and_pairs_are_not_mixed(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pairs.jsonl").write_text('{"prompt": "a", "completion": "b"}\n' * 3)
     (tmp_path / "data" / "notes.txt").write_text("some text")
-    result = train_with(capsys, [str(tmp_path / "data"), "--from_scratch", "--out", str(tmp_path / "run")])
+    result = train_in_process(capsys, [str(tmp_path / "data"), "--from_scratch", "--out", str(tmp_path / "run")])
     assert_clean_error(result, "mix texts with prompt/completion pairs", "pairs.jsonl line 1")
 
 
@@ -265,6 +250,8 @@ def test_texts_and_pairs_are_not_mixed(tmp_path, capsys):
     ],
 )
 def test_usage_mistakes_of_from_scratch_exit_2_before_any_work(tmp_path, capsys, args, message):
-    result = train_with(capsys, ["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args])
+    result = train_in_process(
+        capsys, ["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args]
+    )
     assert_clean_error(result, message)
     assert result.returncode == 2 and list(tmp_path.iterdir()) == []
