@@ -18,9 +18,9 @@ import sys
 import numpy as np
 
 import gpt2
+import serve
 import utils
 from gpt2 import N_CTX, N_VOCAB, check_whole_number, plural
-from serve import MAX_CONNECTIONS, SHUTDOWN_SECONDS
 from storage.files import JsonlError, read_jsonl, read_utf8
 from utils import DEFAULT_MODEL_SIZE, DEFAULT_MODELS_DIR, load_model
 
@@ -279,8 +279,6 @@ def execute(run):
 
 
 def serve_model(run):
-    import serve
-
     server = serve.bind(run.host, run.port, run.max_connections)  # before loading: a port in use fails at once
     run.load()
     serve.serve(server, serve.App(run.model_name, run.encoder, run.params, run.n_head, run.batch_size))
@@ -420,10 +418,10 @@ def make_parser():
     scoring.add_argument("--stride", metavar="N", type=whole, help="with --score, on a text longer than the context, start a new window every N tokens; smaller strides give tokens more context (default: the context, 1024: no overlap)")
     scoring.add_argument("--prepend_end_of_text", action=Switch, help="with --score, put <|endoftext|> before the text so that its first token is scored too (by default it is only context)")
     serving = parser.add_argument_group("serving")
-    serving.add_argument("--serve", action=Switch, help=f"load the model once and answer over HTTP until Ctrl-C or SIGTERM (which give the requests in flight up to {SHUTDOWN_SECONDS} s to finish): a page that shows the model at work (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions API at /v1/completions for the openai client and curl. Requests are decoded together, up to --batch_size of them, one that comes later joining the others; each brings its own options")
+    serving.add_argument("--serve", action=Switch, help=f"load the model once and answer over HTTP until Ctrl-C or SIGTERM (which give the requests in flight up to {serve.SHUTDOWN_SECONDS} s to finish): a page that shows the model at work (its tokens, its probabilities, its attention) at http://HOST:PORT/, and OpenAI's completions API at /v1/completions for the openai client and curl. Requests are decoded together, up to --batch_size of them, one that comes later joining the others; each brings its own options")
     serving.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="with --serve, the address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 opens it to the network, to anyone who reaches the port: there is no authentication (default: %(default)s)")
     serving.add_argument("--port", metavar="PORT", type=whole, default=8000, help="with --serve, the port to listen on; 0 takes any free one, printed at the start (default: %(default)s)")
-    serving.add_argument("--max_connections", metavar="N", type=whole, default=MAX_CONNECTIONS, help="with --serve, how many connections it holds open at once (idle ones too); a client beyond them gets status 503 at once (default: %(default)s)")
+    serving.add_argument("--max_connections", metavar="N", type=whole, default=serve.MAX_CONNECTIONS, help="with --serve, how many connections it holds open at once (idle ones too); a client beyond them gets status 503 at once (default: %(default)s)")
     # fmt: on
     return parser, {action.dest for group in (generation, scoring) for action in group._group_actions}
 

@@ -299,10 +299,10 @@ def generate_batch_stream(
     rngs = row_rngs(seed, len(prompts))
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     batch_size = batch_size or max(len(prompts), 1)
+    stop = end_of_text if stop_at_end_of_text else None
     for first in range(0, len(prompts), batch_size):
         rows = np.arange(first, min(first + batch_size, len(prompts)))
         batch = [prompts[row] for row in rows]
-        stop = end_of_text if stop_at_end_of_text else None
         yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop)
 
 

@@ -561,8 +561,11 @@ def check_enough_text(options, n_train, n_held_out, at_most=""):
             )
 
 
-def check_held_out_kind(options, pairs, val_documents):
-    """Held-out data of the training data's kind."""
+def check_held_out(options, documents, val_documents):
+    """Held-out data of the training data's kind, and pairs enough to hold one out."""
+    pairs = isinstance(documents[0], Pair)
+    if pairs and not val_documents and len(documents) < 2:
+        raise ValueError(f"{', '.join(options.data)} hold one prompt/completion pair: at least 2, one to hold out")
     if val_documents and isinstance(val_documents[0], Pair) != pairs:
         kinds = ("prompt/completion pairs", "texts") if pairs else ("texts", "prompt/completion pairs")
         raise ValueError(
@@ -596,9 +599,7 @@ class TrainingRun:
         documents = read_documents(options.data)  # bad data is refused before the model is loaded
         val_documents = read_documents([options.val_file]) if options.val_file else None
         self.pairs = isinstance(documents[0], Pair)
-        check_held_out_kind(options, self.pairs, val_documents)
-        if self.pairs and not val_documents and len(documents) < 2:
-            raise ValueError(f"{', '.join(options.data)} hold one prompt/completion pair: at least 2, one to hold out")
+        check_held_out(options, documents, val_documents)
         if not self.pairs:
             check_text_before_tokens(options, documents, val_documents)
         self.encoder, self.hparams, params = starting_model(options)
