@@ -79,9 +79,7 @@ def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
 def linear(x, w, b):  # [m, in], [in, out], [out] -> [m, out]
     if x.ndim > 2:  # rows of several texts [..., m, in]: one product for all (NumPy would make one per text)
         return linear(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[-1])
-    # x @ w, computed as (w.T @ x.T).T: the same numbers up to rounding, but with the weights first
-    # OpenBLAS runs it faster, for one row and for many
-    return (w.T @ x.T).T + b
+    return x @ w + b
 
 
 def ffn(x, c_fc, c_proj):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]

@@ -14,6 +14,7 @@ The run around this lesson (the data, the run folder, the loop, the command line
 which `python train.py ...` runs.
 """
 
+import ctypes
 import functools
 import math
 import os
@@ -23,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gpt2 import (
-    attention,
     attention_weights,
     causal_mask,
     gelu,
@@ -54,6 +54,21 @@ def on_every_core(work, n, piece=PIECE):
         pass
 
 
+def keep_freed_memory():
+    """Have glibc's malloc keep the memory of freed arrays for the next ones. By default it hands an
+    array of more than 128 KB back to the system when it is freed, so the next one starts on fresh
+    pages, each a page fault when first written; a step makes hundreds of such arrays. From here on
+    an array of up to 32 MB comes from the heap, and the heap keeps 64 MB free at its top. Without
+    glibc (macOS, musl), nothing changes."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):
+        return
+    m_top_pad, m_mmap_threshold = -2, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_top_pad, 64 << 20)
+
+
 def by_rows(function, *arrays):  # arrays [..., n] of one shape -> function(*arrays), a few rows at a time
     """For a function that works on each row (the last axis) apart from the others."""
     rows = [a.reshape(-1, a.shape[-1]) for a in arrays]
@@ -79,33 +94,27 @@ def linear_backward(d_out, x, w):  # [..., m, out], [..., m, in], [in, out] -> d
     return dx, {"w": dw, "b": d_out2.sum(axis=0)}
 
 
-def gelu_backward(d_out, x):  # elementwise: d/dx of 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 x^3)
-    # = 0.5 * (1 + tanh(u)) + 0.5 * x * (1 - tanh(u)^2) * du/dx, one pass at a time over a piece,
-    # on every core (x is the largest input of a block: four values per number of the residual stream)
+def gelu_backward(d_out, x, gelu_x):  # elementwise, x and gelu(x) as the forward made them -> d/dx
+    """gelu(x) = x * s with s = 0.5 * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 x^3), and
+    1 - tanh(u)^2 = 4 s (1 - s): so its slope s + 2 x s (1 - s) du/dx needs no tanh (NumPy's float32
+    tanh is slow) once s is read off the forward's own output, gelu(x) / x (0.5, its limit, near x = 0)."""
     c = math.sqrt(2.0 / math.pi)
 
-    def piece(d_out, x):
-        x_squared = x * x
-        tanh_u = x_squared * 0.044715
-        tanh_u += 1.0
-        tanh_u *= x
-        tanh_u *= c
-        np.tanh(tanh_u, out=tanh_u)
-        du_dx = x_squared  # reused: c * (1 + 3 * 0.044715 * x^2)
-        du_dx *= 3 * 0.044715 * c
-        du_dx += c
-        slope = tanh_u * tanh_u  # then 0.5 * x * (1 - tanh(u)^2) * du/dx
-        np.subtract(1.0, slope, out=slope)
-        slope *= du_dx
+    def piece(d_out, x, gelu_x):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = gelu_x / x
+        s[np.abs(x) < 1e-20] = 0.5
+        slope = x * x  # then 2 x du/dx = 2c (1 + 3 * 0.044715 x^2) x
+        slope *= 2 * c * 3 * 0.044715
+        slope += 2 * c
         slope *= x
-        slope *= 0.5
-        tanh_u += 1.0
-        tanh_u *= 0.5
-        tanh_u += slope
-        tanh_u *= d_out
-        return tanh_u
+        slope *= s
+        slope *= 1.0 - s
+        slope += s
+        slope *= d_out
+        return slope
 
-    return by_rows(piece, d_out, x)
+    return by_rows(piece, d_out, x, gelu_x)
 
 
 def layer_norm_backward(d_out, x, g, eps=1e-5):  # [..., n], [..., n], [n] -> dx [..., n], dg, db
@@ -130,13 +139,10 @@ def softmax_backward(d_probs, probs):  # [..., n] twice -> [..., n]
     return probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
 
 
-def attention_backward(d_out, q, k, v, mask):  # [..., n_q, d] and the inputs -> dq, dk, dv
-    """The attention weights are computed again from q and k (one product) rather than kept: they are
-    the largest array of the forward pass, n_head x n_seq x n_seq per block."""
+def attention_backward(d_out, q, k, v, weights):  # [..., n_q, d], the inputs, the weights [..., n_q, n_k] -> dq, dk, dv
     scale = 1.0 / math.sqrt(q.shape[-1])
-    probs = attention_weights(q, k, mask)  # [..., n_q, n_k]
-    dv = probs.swapaxes(-1, -2) @ d_out  # each value was mixed into the outputs by its weights
-    d_scores = by_rows(softmax_backward, d_out @ v.swapaxes(-1, -2), probs)  # [..., n_q, n_k]
+    dv = weights.swapaxes(-1, -2) @ d_out  # each value was mixed into the outputs by its weights
+    d_scores = by_rows(softmax_backward, d_out @ v.swapaxes(-1, -2), weights)  # [..., n_q, n_k]
     dq = (d_scores @ k) * scale
     dk = (d_scores.swapaxes(-1, -2) @ q) * scale
     return dq, dk, dv
@@ -148,23 +154,24 @@ def attention_backward(d_out, q, k, v, mask):  # [..., n_q, d] and the inputs ->
 def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_embd] -> the same, and what backward keeps
     a = layer_norm(x, **ln_1)
     q, k, v = split_qkv(linear(a, **attn["c_attn"]), n_head)  # as mha: each [..., n_head, n_seq, d]
-    merged = merge_heads(attention(q, k, v, mask))
+    weights = attention_weights(q, k, mask)  # [..., n_head, n_seq, n_seq]: as attention(q, k, v, mask) makes them
+    merged = merge_heads(weights @ v)
     x_mid = x + linear(merged, **attn["c_proj"])  # tokens exchange information
     b = layer_norm(x_mid, **ln_2)
     h = linear(b, **mlp["c_fc"])
     gelu_h = by_rows(gelu, h)
     out = x_mid + linear(gelu_h, **mlp["c_proj"])  # each token on its own
-    return out, (x, a, q, k, v, merged, x_mid, b, h, gelu_h)
+    return out, (x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h)
 
 
-def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, mask):  # d_out [..., n_seq, n_embd] -> dx, grads
-    x, a, q, k, v, merged, x_mid, b, h, gelu_h = kept
+def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head):  # d_out [..., n_seq, n_embd] -> dx, grads
+    x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h = kept
     d_gelu_h, d_mlp_proj = linear_backward(d_out, gelu_h, mlp["c_proj"]["w"])
-    d_b, d_fc = linear_backward(gelu_backward(d_gelu_h, h), b, mlp["c_fc"]["w"])
+    d_b, d_fc = linear_backward(gelu_backward(d_gelu_h, h, gelu_h), b, mlp["c_fc"]["w"])
     d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"])
     d_x_mid += d_out  # the residual: the output is x_mid plus the feed-forward's part
     d_merged, d_attn_proj = linear_backward(d_x_mid, merged, attn["c_proj"]["w"])
-    dq, dk, dv = attention_backward(split_heads(d_merged, n_head), q, k, v, mask)
+    dq, dk, dv = attention_backward(split_heads(d_merged, n_head), q, k, v, weights)
     d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads read it
     d_a, d_c_attn = linear_backward(d_qkv, a, attn["c_attn"]["w"])
     dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"])
@@ -225,7 +232,7 @@ def loss_and_grads(params, batch, n_head, mask=None):  # ids [n_batch, n_seq + 1
     dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"])
     d_blocks = [None] * len(kept)
     for i in reversed(range(len(kept))):
-        dx, d_blocks[i] = block_backward(dx, kept[i], **params["blocks"][i], n_head=n_head, mask=causal)
+        dx, d_blocks[i] = block_backward(dx, kept[i], **params["blocks"][i], n_head=n_head)
     # Each token id picked one row of wte, each position one of wpe: a row's gradient is the sum over
     # every place it was picked (a token that occurs three times collects three gradients).
     np.add.at(d_wte, inputs.reshape(-1), dx.reshape(-1, dx.shape[-1]))

@@ -32,7 +32,16 @@ from storage.files import (
     read_utf8,
     synced,
 )
-from train import AdamW, clip_gradients, init_params, learning_rate_at, leaves, loss_and_grads, trainable
+from train import (
+    AdamW,
+    clip_gradients,
+    init_params,
+    keep_freed_memory,
+    learning_rate_at,
+    leaves,
+    loss_and_grads,
+    trainable,
+)
 from utils import (
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODELS_DIR,
@@ -253,12 +262,13 @@ def held_out_loss(params, batches, n_head):
 def memory_needed(hparams, n_batch, block_size):
     """Bytes a training step needs, roughly: the weights as loaded and their trainable copy, their
     gradients and two moments (5 copies), what each block keeps for the backward pass (16 arrays of
-    n_embd per token), the logits and their gradient, and one block's attention weights."""
+    n_embd per token, and its attention weights), the logits and their gradient, and the gradient of
+    one block's attention weights."""
     n_params = sum(int(np.prod(shape)) for shape in expected_shapes(hparams).values())
     tokens = n_batch * block_size
     activations = hparams["n_layer"] * 16 * tokens * hparams["n_embd"]
     logits = 2 * tokens * hparams["n_vocab"]
-    attention_weights = 2 * n_batch * hparams["n_head"] * block_size * block_size
+    attention_weights = (hparams["n_layer"] + 1) * n_batch * hparams["n_head"] * block_size * block_size
     return 4 * (5 * n_params + activations + logits + attention_weights)
 
 
@@ -605,6 +615,7 @@ class TrainingRun:
         self.encoder, self.hparams, params = starting_model(options)
         self.n_head = self.hparams["n_head"]
         check_memory(self.hparams, options)
+        keep_freed_memory()
         if self.pairs:
             self.read_pairs(documents, val_documents)
         else:

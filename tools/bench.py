@@ -565,6 +565,7 @@ def measure_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=TRAIN_BATCH, n_se
 
     import train
 
+    train.keep_freed_memory()  # as python train.py does
     params = train.trainable(params)
     optimizer = train.AdamW(params, beta1=0.9, beta2=0.95, weight_decay=0.1)
     batch = np.random.RandomState(3).randint(0, len(params["wte"]), (n_batch, n_seq + 1))
@@ -634,6 +635,7 @@ def peak_training_rss(models_dir, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ):
     """Peak resident memory, MB, of a fresh process that loads the 124M-shaped model and takes two steps."""
     code = (
         "import numpy as np, train, utils\n"
+        "train.keep_freed_memory()\n"
         f"_, h, p = utils.load_encoder_hparams_and_params('124M', {models_dir!r})\n"
         "p = train.trainable(p); o = train.AdamW(p, weight_decay=0.1)\n"
         f"b = np.random.RandomState(0).randint(0, 50257, ({n_batch}, {n_seq + 1}))\n"
@@ -681,6 +683,7 @@ def measure_scratch_train(rounds=SCRATCH_ROUNDS, n_steps=SCRATCH_STEPS):
         import transformers
     except ImportError:
         torch = None
+    train.keep_freed_memory()  # as python train.py does
     n_ctx, n_head = SCRATCH_HPARAMS["n_ctx"], SCRATCH_HPARAMS["n_head"]
     batch = np.random.RandomState(3).randint(0, SCRATCH_HPARAMS["n_vocab"], (SCRATCH_BATCH, n_ctx + 1))
     params = train.init_params(**SCRATCH_HPARAMS, seed=0)
