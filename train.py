@@ -84,14 +84,30 @@ def by_rows(function, *arrays):  # arrays [..., n] of one shape -> function(*arr
 # The building blocks, backwards.
 
 
-def linear_backward(d_out, x, w):  # [..., m, out], [..., m, in], [in, out] -> dx [..., m, in], dw, db
+def linear_backward(d_out, x, w, frozen=False):  # [..., m, out], [..., m, in], [in, out] -> dx [..., m, in], dw, db
     d_out2, x2 = d_out.reshape(-1, d_out.shape[-1]), x.reshape(-1, x.shape[-1])  # every row of every text
     dx = (d_out2 @ w.T).reshape(x.shape)  # each input feeds every output through w
+    if frozen:  # weights that do not learn (LoRA's): only what flows back to the input
+        return dx, None
     # x.T @ d_out, [in, m] @ [m, out]: summed over the rows, as the weights serve every row; computed
     # transposed, so that it comes out column by column like the weights it updates (the optimizer's
     # elementwise passes then run along memory)
     dw = (d_out2.T @ x2).T
     return dx, {"w": dw, "b": d_out2.sum(axis=0)}
+
+
+def lora_backward(d_out, x, lora_a, lora_b, scale):  # [..., m, out], [..., m, in], [in, r], [r, out] -> grads
+    """LoRA (low-rank adaptation) trains two thin matrices beside a frozen weight matrix w, so that the
+    layer computes x @ (w + scale * lora_a @ lora_b) + b; the forward uses that sum, merged once a step.
+    Their gradients are two small products each, through the rank-r bottleneck x @ lora_a. lora_b starts
+    at zero, so the model starts as exactly the base; lora_a does not, or no gradient would reach
+    lora_b (its gradient is made of x @ lora_a) and neither would ever move."""
+    d_out2, x2 = d_out.reshape(-1, d_out.shape[-1]), x.reshape(-1, x.shape[-1])
+    d_lora_b = (x2 @ lora_a).T @ d_out2  # [r, m] @ [m, out]
+    d_lora_a = x2.T @ (d_out2 @ lora_b.T)  # [in, m] @ [m, r]
+    d_lora_a *= scale
+    d_lora_b *= scale
+    return {"lora_a": d_lora_a, "lora_b": d_lora_b}
 
 
 def gelu_backward(d_out, x, gelu_x):  # elementwise, x and gelu(x) as the forward made them -> d/dx
@@ -164,54 +180,50 @@ def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_emb
     return out, (x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h)
 
 
-def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head):  # d_out [..., n_seq, n_embd] -> dx, grads
+def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, adapters=None, lora_scale=1.0):  # -> dx, grads
+    """d_out [..., n_seq, n_embd]. With adapters (the block's, as init_adapters makes them), the block's
+    own weights are frozen and the grads are the adapters' only."""
+
+    def linear_layer_backward(d_out, x, module, name):  # one of the block's linear layers -> dx, its grads
+        w = {"attn": attn, "mlp": mlp}[module][name]["w"]
+        if adapters is None:
+            return linear_backward(d_out, x, w)
+        dx, _ = linear_backward(d_out, x, w, frozen=True)
+        adapter = adapters.get(module, {}).get(name)
+        return dx, adapter and lora_backward(d_out, x, **adapter, scale=lora_scale)
+
     x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h = kept
-    d_gelu_h, d_mlp_proj = linear_backward(d_out, gelu_h, mlp["c_proj"]["w"])
-    d_b, d_fc = linear_backward(gelu_backward(d_gelu_h, h, gelu_h), b, mlp["c_fc"]["w"])
+    d_gelu_h, d_mlp_proj = linear_layer_backward(d_out, gelu_h, "mlp", "c_proj")
+    d_b, d_fc = linear_layer_backward(gelu_backward(d_gelu_h, h, gelu_h), b, "mlp", "c_fc")
     d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"])
     d_x_mid += d_out  # the residual: the output is x_mid plus the feed-forward's part
-    d_merged, d_attn_proj = linear_backward(d_x_mid, merged, attn["c_proj"]["w"])
+    d_merged, d_attn_proj = linear_layer_backward(d_x_mid, merged, "attn", "c_proj")
     dq, dk, dv = attention_backward(split_heads(d_merged, n_head), q, k, v, weights)
     d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads read it
-    d_a, d_c_attn = linear_backward(d_qkv, a, attn["c_attn"]["w"])
+    d_a, d_c_attn = linear_layer_backward(d_qkv, a, "attn", "c_attn")
     dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"])
     dx += d_x_mid  # the residual again
     grads = {"attn": {"c_attn": d_c_attn, "c_proj": d_attn_proj}, "ln_1": d_ln_1, "ln_2": d_ln_2}
     grads["mlp"] = {"c_fc": d_fc, "c_proj": d_mlp_proj}
-    return dx, grads
+    return dx, grads if adapters is None else like(adapters, grads)
+
+
+def like(tree, grads):  # the parts of grads that a nested dict tree has
+    return {key: like(value, grads[key]) for key, value in tree.items()} if isinstance(tree, dict) else grads
 
 
 # The whole model and its loss.
 
 
-def loss_and_grads(params, batch, n_head, mask=None):  # ids [n_batch, n_seq + 1] -> the mean loss, grads like params
-    """The mean next-token loss over the n_batch * n_seq predictions (token i + 1 of each row given
-    tokens 0 to i), and its gradient with respect to every weight. mask [n_batch, n_seq], if given,
-    says which predictions count (1) and which not (0: a prompt's, or padding's): the mean is then over
-    those that count, as HuggingFace's labels of -100 leave the others out."""
-    batch = np.asarray(batch)
-    inputs, targets = batch[:, :-1], batch[:, 1:]  # [n_batch, n_seq] each
-    n_batch, n_seq = inputs.shape
-    counted = np.ones(targets.shape, np.float32) if mask is None else np.asarray(mask, np.float32)
-    weights = (counted / counted.sum()).reshape(-1)  # [n_batch * n_seq]: each prediction's share of the mean
-    wte, wpe = params["wte"], params["wpe"]
-    causal = causal_mask(n_seq, n_seq)
-    x = wte[inputs] + wpe[:n_seq]  # [n_batch, n_seq, n_embd]
-    kept = []
-    for block in params["blocks"]:
-        x, block_kept = block_forward(x, **block, n_head=n_head, mask=causal)
-        kept.append(block_kept)
-    final = layer_norm(x, **params["ln_f"])
-    logits = final @ wte.T  # [n_batch, n_seq, n_vocab]
-    # The loss is the mean of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target],
-    # with the largest logit taken out first so that exp cannot overflow.
+def loss_and_d_logits(logits, targets, weights):  # [n_batch, n_seq, n_vocab], [n_batch, n_seq], [n_batch * n_seq]
+    """The loss, the weighted mean of -log softmax(logits)[target] = log(sum(exp(logits))) - logits[target]
+    (the largest logit taken out first so that exp cannot overflow), and its gradient with respect to
+    the logits: softmax(logits) minus 1 at the target, times the prediction's share of the mean. The
+    softmax is computed in place, over the logits: they are the largest array of the step."""
     rows, columns = np.indices(targets.shape)
     target_logits = logits[rows, columns, targets]  # [n_batch, n_seq]
     log_sums = np.empty(targets.shape, dtype=np.float32)  # log(sum(exp(logits))) of each prediction
 
-    # Backwards. The gradient of the loss with respect to the logits is softmax(logits) minus 1 at the
-    # target, times the prediction's share of the mean; the softmax is computed in place, the logits
-    # being the largest array of the step.
     def softmax_over_predictions(piece):
         logits_piece = logits.reshape(-1, logits.shape[-1])[piece]
         largest = logits_piece.max(axis=-1, keepdims=True)
@@ -221,24 +233,100 @@ def loss_and_grads(params, batch, n_head, mask=None):  # ids [n_batch, n_seq + 1
         logits_piece *= weights[piece, None] / sums
         log_sums.reshape(-1)[piece] = np.log(sums[:, 0]) + largest[:, 0]
 
-    on_every_core(softmax_over_predictions, n_batch * n_seq, max(1, PIECE // logits.shape[-1]))
+    on_every_core(softmax_over_predictions, len(weights), max(1, PIECE // logits.shape[-1]))
     loss = np.dot(weights, (log_sums - target_logits).reshape(-1))
-    d_logits = logits
-    d_logits[rows, columns, targets] -= weights.reshape(targets.shape)
+    logits[rows, columns, targets] -= weights.reshape(targets.shape)
+    return loss, logits
+
+
+def loss_and_grads(params, batch, n_head, mask=None, adapters=None, lora_scale=1.0):  # -> the mean loss, grads
+    """The mean next-token loss over the n_batch * n_seq predictions of batch, ids [n_batch, n_seq + 1]
+    (token i + 1 of each row given tokens 0 to i), and its gradient with respect to every weight, in a
+    nested dict like params. mask [n_batch, n_seq], if given, says which predictions count (1) and
+    which not (0: a prompt's, or padding's): the mean is then over those that count, as HuggingFace's
+    labels of -100 leave the others out. With adapters (init_adapters), params are frozen and the
+    gradients are the adapters', in a dict like adapters."""
+    batch = np.asarray(batch)
+    inputs, targets = batch[:, :-1], batch[:, 1:]  # [n_batch, n_seq] each
+    n_batch, n_seq = inputs.shape
+    counted = np.ones(targets.shape, np.float32) if mask is None else np.asarray(mask, np.float32)
+    weights = (counted / counted.sum()).reshape(-1)  # [n_batch * n_seq]: each prediction's share of the mean
+    if adapters is not None:
+        params = with_adapters(params, adapters, lora_scale)
+    wte, wpe = params["wte"], params["wpe"]
+    causal = causal_mask(n_seq, n_seq)
+    x = wte[inputs] + wpe[:n_seq]  # [n_batch, n_seq, n_embd]
+    kept = []
+    for block in params["blocks"]:
+        x, block_kept = block_forward(x, **block, n_head=n_head, mask=causal)
+        kept.append(block_kept)
+    final = layer_norm(x, **params["ln_f"])
+    loss, d_logits = loss_and_d_logits(final @ wte.T, targets, weights)  # logits [n_batch, n_seq, n_vocab]
+
+    # Backwards, from the logits to the embeddings.
     d_final = d_logits @ wte  # [n_batch, n_seq, n_embd]
-    d_wte = (
-        final.reshape(-1, final.shape[-1]).T @ d_logits.reshape(-1, d_logits.shape[-1])
-    ).T  # [n_vocab, n_embd], column by column as wte
     dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"])
     d_blocks = [None] * len(kept)
     for i in reversed(range(len(kept))):
-        dx, d_blocks[i] = block_backward(dx, kept[i], **params["blocks"][i], n_head=n_head)
+        block_adapters = None if adapters is None else adapters["blocks"][i]
+        dx, d_blocks[i] = block_backward(
+            dx, kept[i], **params["blocks"][i], n_head=n_head, adapters=block_adapters, lora_scale=lora_scale
+        )
+    if adapters is not None:
+        return loss, {"blocks": d_blocks}
+    # [n_vocab, n_embd], computed transposed to come out column by column as wte
+    d_wte = (final.reshape(-1, final.shape[-1]).T @ d_logits.reshape(-1, d_logits.shape[-1])).T
     # Each token id picked one row of wte, each position one of wpe: a row's gradient is the sum over
     # every place it was picked (a token that occurs three times collects three gradients).
     np.add.at(d_wte, inputs.reshape(-1), dx.reshape(-1, dx.shape[-1]))
     d_wpe = np.zeros_like(wpe)
     d_wpe[:n_seq] = dx.sum(axis=0)
     return loss, {"wte": d_wte, "wpe": d_wpe, "blocks": d_blocks, "ln_f": d_ln_f}
+
+
+# LoRA: the adapters beside a frozen model's matrices.
+
+# --lora_targets' names, as PEFT matches GPT-2's modules (c_proj: both, attention's and the MLP's)
+LORA_TARGETS = {
+    "c_attn": [("attn", "c_attn")],
+    "c_proj": [("attn", "c_proj"), ("mlp", "c_proj")],
+    "attn.c_proj": [("attn", "c_proj")],
+    "c_fc": [("mlp", "c_fc")],
+    "mlp.c_proj": [("mlp", "c_proj")],
+}
+
+
+def init_adapters(params, rank, targets, seed):
+    """Adapters for every block's chosen matrices, initialised as PEFT does: lora_a [n_in, rank] uniform
+    in +-1/sqrt(n_in) (PyTorch's default for a linear layer's weights), lora_b [rank, n_out] zero.
+    {"blocks": [{"attn": {"c_attn": {"lora_a": ..., "lora_b": ...}}, ...}, ...]}."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for block in params["blocks"]:
+        adapters = {}
+        for module, name in sorted({place for target in targets for place in LORA_TARGETS[target]}):
+            n_in, n_out = block[module][name]["w"].shape
+            bound = 1.0 / math.sqrt(n_in)
+            lora_a = rng.uniform(-bound, bound, (n_in, rank)).astype(np.float32)
+            adapters.setdefault(module, {})[name] = {"lora_a": lora_a, "lora_b": np.zeros((rank, n_out), np.float32)}
+        blocks.append(adapters)
+    return {"blocks": blocks}
+
+
+def with_adapters(params, adapters, scale):  # params, with each adapted w replaced by w + scale * lora_a @ lora_b
+    """The merged model, for one step's forward pass. Only the adapted matrices are new arrays; the
+    rest are params' own (a loaded model's read-only memory maps)."""
+    blocks = []
+    for block, block_adapters in zip(params["blocks"], adapters["blocks"]):
+        block = dict(block)
+        for module, layers in block_adapters.items():
+            block[module] = dict(block[module])
+            for name, adapter in layers.items():
+                layer = block[module][name]
+                merged_w = layer["w"] + scale * (adapter["lora_a"] @ adapter["lora_b"])  # [n_in, n_out]
+                block[module][name] = {"w": merged_w, "b": layer["b"]}
+        blocks.append(block)
+    return {**params, "blocks": blocks}
 
 
 # The optimizer: AdamW, with gradient clipping.
