@@ -20,7 +20,7 @@ import gpt2
 from cli import Parser, UsageError, check_model_flags, checked, real, run_command, terminate, whole
 from encoder import bytes_only
 from gpt2 import check_number, check_whole_number, plural
-from storage import hf, npy_copy, run_folder, safetensors_file
+from storage import hf, npy_copy, peft, run_folder, safetensors_file
 from storage.files import (
     JsonlError,
     NotUTF8,
@@ -33,14 +33,17 @@ from storage.files import (
     synced,
 )
 from train import (
+    LORA_TARGETS,
     AdamW,
     clip_gradients,
+    init_adapters,
     init_params,
     keep_freed_memory,
     learning_rate_at,
     leaves,
     loss_and_grads,
     trainable,
+    with_adapters,
 )
 from utils import (
     DEFAULT_MODEL_SIZE,
@@ -57,6 +60,7 @@ from utils import (
 FREE_TO_CHANGE = ("fresh", "steps", "models_dir", "eval_every", "sample_every", "save_every", "out")
 
 FINE_TUNING_LR = 1e-4  # a small step: the weights already know English
+LORA_LR = 1e-3  # the adapters start at zero and are all that moves: larger steps than a full fine-tune's
 # From scratch: nanoGPT's CPU recipe for its character-level Shakespeare (4 layers, 4 heads, 128 wide)
 SCRATCH = {"n_layer": 4, "n_head": 4, "n_embd": 128, "tokenizer": "bytes", "learning_rate": 1e-3}
 
@@ -259,7 +263,7 @@ def held_out_loss(params, batches, n_head):
     return total / counted
 
 
-def memory_needed(hparams, n_batch, block_size):
+def memory_needed(hparams, n_batch, block_size, lora=False):
     """Bytes a training step needs, roughly: the weights as loaded and their trainable copy, their
     gradients and two moments (5 copies), what each block keeps for the backward pass (16 arrays of
     n_embd per token, and its attention weights), the logits and their gradient, and the gradient of
@@ -269,7 +273,9 @@ def memory_needed(hparams, n_batch, block_size):
     activations = hparams["n_layer"] * 16 * tokens * hparams["n_embd"]
     logits = 2 * tokens * hparams["n_vocab"]
     attention_weights = (hparams["n_layer"] + 1) * n_batch * hparams["n_head"] * block_size * block_size
-    return 4 * (5 * n_params + activations + logits + attention_weights)
+    # LoRA: one copy of the weights, read where they lie; the adapters are a small part of it
+    copies = 1.05 if lora else 5
+    return 4 * (copies * n_params + activations + logits + attention_weights)
 
 
 def memory_available():
@@ -278,13 +284,13 @@ def memory_available():
     return int(fields["MemAvailable"].split()[0]) * 1024
 
 
-def accumulated_grads(params, micro_batches, n_head):
+def accumulated_grads(params, micro_batches, n_head, **lora):
     """The mean loss and gradients of several micro-batches (batch, mask): the same, up to rounding, as
     one batch that holds them all when each has as many predictions that count (each micro-batch's
     are already a mean over its own)."""
     total, losses = None, []
     for batch, mask in micro_batches:
-        loss, grads = loss_and_grads(params, batch, n_head, mask)
+        loss, grads = loss_and_grads(params, batch, n_head, mask, **lora)
         losses.append(float(loss))
         if total is None:
             total = grads
@@ -302,6 +308,8 @@ def accumulated_grads(params, micro_batches, n_head):
 # them log.jsonl, a record per step, and loss.svg.
 
 RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "optimizer.safetensors", "state.json")
+# A LoRA run keeps its adapters only, in PEFT's files, which name the base model
+LORA_RUN_FILES = (peft.CONFIG, peft.WEIGHTS, "optimizer.safetensors", "state.json")
 LOG, CURVE = "log.jsonl", "loss.svg"
 
 
@@ -309,24 +317,28 @@ def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_at
     return ".".join(str(part) for part in path)
 
 
-def save_run(folder, params, hparams, encoder, optimizer, state):
+def save_run(folder, params, hparams, encoder, optimizer, state, adapter_config=None):
+    """The run's files (LoRA's, with adapter_config: params are then the adapters), all or none."""
     os.makedirs(folder, exist_ok=True)
 
     def partial(name):
         return run_folder.partial(folder, name)
 
-    with open(partial("config.json"), "w") as f:
-        json.dump(hf.config_for(hparams, encoder.end_of_text), f, indent=2)
-        synced(f)
-    safetensors_file.write(partial("model.safetensors"), {hf.hf_name(dotted(p)): a for p, a in leaves(params)})
-    hf.write_tokenizer(encoder, folder, suffix=".partial")
+    if adapter_config:
+        peft.write(folder, adapter_config, params, suffix=".partial")
+    else:
+        with open(partial("config.json"), "w") as f:
+            json.dump(hf.config_for(hparams, encoder.end_of_text), f, indent=2)
+            synced(f)
+        safetensors_file.write(partial("model.safetensors"), {hf.hf_name(dotted(p)): a for p, a in leaves(params)})
+        hf.write_tokenizer(encoder, folder, suffix=".partial")
     moments = {f"m.{dotted(path)}": array for path, array in optimizer.m.items()}
     moments.update({f"v.{dotted(path)}": array for path, array in optimizer.v.items()})
     safetensors_file.write(partial("optimizer.safetensors"), moments, {"step": optimizer.step_count})
     with open(partial("state.json"), "w") as f:
         json.dump(state, f)
         synced(f)
-    run_folder.commit(folder, RUN_FILES, state["step"])
+    run_folder.commit(folder, LORA_RUN_FILES if adapter_config else RUN_FILES, state["step"])
 
 
 def save_size(params):  # bytes a save writes: the weights and two moments in float32, and the tokenizer
@@ -355,7 +367,7 @@ def starting_model(options):
     --from_scratch a new one of the shape given."""
     if not options.from_scratch:
         encoder, hparams, params = load_model(options.model or options.model_size, options.models_dir)
-        return encoder, hparams, trainable(params)
+        return encoder, hparams, params if options.lora_rank else trainable(params)  # LoRA's stay read-only
     encoder = bytes_only() if options.tokenizer == "bytes" else load_gpt2_tokenizer(options.models_dir)
     hparams = {"n_vocab": len(encoder.encoder), "n_ctx": options.n_ctx, "n_embd": options.n_embd}
     hparams.update(n_head=options.n_head, n_layer=options.n_layer)
@@ -372,12 +384,12 @@ def open_run_folder(options):
         return None
     run_folder.finish(out)
     names = set(os.listdir(out))
-    others = sorted(names - {*RUN_FILES, run_folder.COMMIT, LOG, CURVE})
+    others = sorted(names - {*RUN_FILES, *LORA_RUN_FILES, run_folder.COMMIT, LOG, CURVE})
     if others:
         raise ValueError(
             f"{out} holds other files than a training run's ({', '.join(others[:3])}): choose another --out"
         )
-    trained = names & {"model.safetensors", "optimizer.safetensors", "state.json"}
+    trained = names & {"model.safetensors", peft.WEIGHTS, "optimizer.safetensors", "state.json"}
     if options.fresh:
         if trained:
             print(f"--fresh: the run that was in {out} is now in {run_folder.move_aside(out)}", file=sys.stderr)
@@ -387,8 +399,13 @@ def open_run_folder(options):
         return None
     if not trained:
         return None
+    if (peft.CONFIG in names) != bool(options.lora_rank):
+        has, given = (
+            ("LoRA adapters", "without --lora_rank") if peft.CONFIG in names else ("a whole model", "with --lora_rank")
+        )
+        raise UsageError(f"the run in {out} trains {has}: it cannot be resumed {given}; for a new run, another --out")
     try:
-        state = saved_state(out, names)
+        state = saved_state(out, names, LORA_RUN_FILES if options.lora_rank else RUN_FILES)
     except ValueError as e:
         raise ValueError(
             f"the run in {out} cannot be resumed: {e}; to keep it, give another --out; {fresh(out)}"
@@ -397,9 +414,9 @@ def open_run_folder(options):
     return state
 
 
-def saved_state(out, names):
-    """state.json, each field checked, and every file as the last save wrote it."""
-    missing = sorted(set(RUN_FILES) - names)
+def saved_state(out, names, run_files):
+    """state.json, each field checked, and every file (of run_files) as the last save wrote it."""
+    missing = sorted(set(run_files) - names)
     if missing:
         raise ValueError(f"it has no {', '.join(missing)}")
     saved = run_folder.read_commit(out)
@@ -584,11 +601,13 @@ def check_held_out(options, documents, val_documents):
 
 
 def check_memory(hparams, options):
-    needed, available = memory_needed(hparams, options.batch_size, options.block_size), memory_available()
+    needed = memory_needed(hparams, options.batch_size, options.block_size, bool(options.lora_rank))
+    available = memory_available()
     if needed > 0.9 * available:
         raise MemoryError(
             f"this run needs about {needed / 1e9:.1f} GB and {available / 1e9:.1f} GB are available: "
-            "use a smaller --batch_size or --block_size (with --grad_accum for the same batch), or a smaller model"
+            "use a smaller --batch_size or --block_size (with --grad_accum for the same batch), a smaller model"
+            + ("" if options.lora_rank else ", or LoRA (--lora_rank 8), which keeps one copy of the weights")
         )
 
 
@@ -615,6 +634,7 @@ class TrainingRun:
         self.encoder, self.hparams, params = starting_model(options)
         self.n_head = self.hparams["n_head"]
         check_memory(self.hparams, options)
+        check_lora_rank(options, params)
         keep_freed_memory()
         if self.pairs:
             self.read_pairs(documents, val_documents)
@@ -623,8 +643,18 @@ class TrainingRun:
                 options, documents, val_documents, self.encoder, self.hparams["n_ctx"]
             )
             self.val_batches = held_out_windows(val_ids, options.batch_size, options.block_size)
-        self.params = load_run_params(self.out) if saved else params
-        self.optimizer = AdamW(self.params, beta1=0.9, beta2=options.beta2, weight_decay=options.weight_decay)
+        self.params, self.adapters = params, None
+        if options.lora_rank:
+            self.lora_scale = options.lora_alpha / options.lora_rank
+            self.adapter_config = peft.config_for(
+                options.model or options.model_size, options.lora_rank, options.lora_alpha, options.lora_targets
+            )
+            targets, seed = options.lora_targets, options.seed
+            self.adapters = peft.read(self.out, self.hparams["n_layer"]) if saved else None
+            self.adapters = trainable(self.adapters or init_adapters(params, options.lora_rank, targets, seed))
+        elif saved:
+            self.params = load_run_params(self.out)
+        self.optimizer = AdamW(self.trained, beta1=0.9, beta2=options.beta2, weight_decay=options.weight_decay)
         self.rng = np.random.default_rng(options.seed)
         self.step, self.elapsed, self.records, self.saved_step = 0, 0.0, [], 0
         if saved:
@@ -656,18 +686,29 @@ class TrainingRun:
         if not self.pairs:
             options = {"temperature": 1.0, "top_k": min(40, self.hparams["n_vocab"]), "seed": self.step}
             new = gpt2.generate(
-                [end_of_text], self.params, self.n_head, min(40, n_ctx - 1), **options, end_of_text=end_of_text
+                [end_of_text], self.model(), self.n_head, min(40, n_ctx - 1), **options, end_of_text=end_of_text
             )
             return f"sample at step {self.step}: {decode(new)!r}"
         ids, n_prompt = self.val_rows[(self.step // self.options.sample_every - 1) % len(self.val_rows)]
         n_tokens = min(2 * (len(ids) - n_prompt), n_ctx - n_prompt)  # room for the answer, and more
         new = (
-            gpt2.generate(ids[:n_prompt], self.params, self.n_head, n_tokens, end_of_text=end_of_text)
+            gpt2.generate(ids[:n_prompt], self.model(), self.n_head, n_tokens, end_of_text=end_of_text)
             if n_tokens
             else []
         )
         held_out = decode(ids[n_prompt:-1])
         return f"sample at step {self.step}: {decode(ids[:n_prompt])!r} -> {decode(new)!r} (held out: {held_out!r})"
+
+    @property
+    def trained(self):  # what the optimizer moves: the adapters, or all the weights
+        return self.params if self.adapters is None else self.adapters
+
+    @property
+    def lora(self):  # loss_and_grads' keywords for the adapters
+        return {} if self.adapters is None else {"adapters": self.adapters, "lora_scale": self.lora_scale}
+
+    def model(self):  # the weights as the model computes with them: the adapters merged
+        return self.params if self.adapters is None else with_adapters(self.params, self.adapters, self.lora_scale)
 
     @property
     def log_path(self):
@@ -697,12 +738,13 @@ class TrainingRun:
     def save(self):
         state = {"step": self.step, "rng": self.rng.bit_generator.state, "elapsed": self.elapsed}
         state["options"] = recorded_options(self.options)
-        needed, what = save_size(self.params), f"to save the run at step {self.step}"
+        needed, what = save_size(self.trained), f"to save the run at step {self.step}"
         with self.writing(what, needed):
             check_room(self.out, what, needed, self.kept())
             with open(self.log_path, "a") as f:
                 synced(f)  # the log's records up to this save are on disk before it counts
-            save_run(self.out, self.params, self.hparams, self.encoder, self.optimizer, state)
+            adapter_config = self.adapters is not None and self.adapter_config
+            save_run(self.out, self.trained, self.hparams, self.encoder, self.optimizer, state, adapter_config)
             self.saved_step = self.step
             with open(os.path.join(self.out, f"{CURVE}.partial"), "w") as f:
                 f.write(loss_curve_svg(self.records) if self.records else "")
@@ -730,9 +772,9 @@ class TrainingRun:
             self.step + 1, o.learning_rate, o.warmup_steps, o.lr_schedule, o.steps, o.min_lr
         )
         micro_batches = [self.micro_batch() for _ in range(o.grad_accum)]
-        loss, grads = accumulated_grads(self.params, micro_batches, self.n_head)
+        loss, grads = accumulated_grads(self.params, micro_batches, self.n_head, **self.lora)
         clip_gradients(grads, o.grad_clip)
-        self.optimizer.step(self.params, grads, learning_rate)
+        self.optimizer.step(self.trained, grads, learning_rate)
         self.step += 1
         seconds = time.perf_counter() - start
         self.elapsed += seconds
@@ -740,7 +782,7 @@ class TrainingRun:
         record = {"step": self.step, "train_loss": loss, "learning_rate": learning_rate}
         record.update({"tokens_per_second": tokens / seconds, "elapsed": self.elapsed})
         if self.step % o.eval_every == 0 or self.step == o.steps:
-            record["val_loss"] = held_out_loss(self.params, self.val_batches, self.n_head)
+            record["val_loss"] = held_out_loss(self.model(), self.val_batches, self.n_head)
         self.records.append(record)
         self.log(record)
         return record
@@ -777,7 +819,7 @@ class TrainingRun:
             f"done: {plural(self.step, 'step')}, saved in {self.out}; python gpt2.py PROMPT --model {self.out}",
             file=sys.stderr,
         )
-        return self.params
+        return self.model()
 
 
 # The command line.
@@ -798,11 +840,14 @@ def make_parser():
     add("--n_embd", type=whole, help=f"with --from_scratch: the width, a multiple of --n_head (default: {SCRATCH['n_embd']})")
     add("--n_ctx", type=whole, help="with --from_scratch: the context, at least --block_size (default: --block_size)")
     add("--tokenizer", choices=["bytes", "gpt2"], help=f"with --from_scratch: bytes, 257 tokens (each byte and <|endoftext|>: any UTF-8 text, characters to learn), or gpt2, GPT-2's 50257 (default: {SCRATCH['tokenizer']})")
+    add("--lora_rank", type=whole, help="train LoRA adapters of this rank (8 is usual) beside frozen weights, instead of every weight: for 774M and 1558M, which a full fine-tune cannot fit in a laptop's memory, or for adapters of a few MB; the run folder is PEFT's (default: off)")
+    add("--lora_alpha", type=real, help="with --lora_rank: the adapters' scale is lora_alpha / lora_rank (default: twice the rank)")
+    add("--lora_targets", type=lora_targets, help=f"with --lora_rank: which matrices of each block, comma-separated, from {', '.join(LORA_TARGETS)} (c_proj: both) (default: c_attn, PEFT's for GPT-2)")
     add("--steps", type=whole, default=1000, help="optimizer steps in all (default: %(default)s)")
     add("--batch_size", type=whole, default=4, help="windows (or prompt/completion pairs) per micro-batch (default: %(default)s)")
     add("--block_size", type=whole, default=256, help="tokens per window (default: %(default)s)")
     add("--grad_accum", type=whole, default=1, help="micro-batches per step (default: %(default)s)")
-    add("--learning_rate", type=real, help=f"peak learning rate (default: {FINE_TUNING_LR}, from scratch {SCRATCH['learning_rate']})")
+    add("--learning_rate", type=real, help=f"peak learning rate (default: {FINE_TUNING_LR}, with LoRA {LORA_LR}, from scratch {SCRATCH['learning_rate']})")
     add("--warmup_steps", type=whole, default=20, help="steps of linear warm-up (default: %(default)s)")
     add("--lr_schedule", choices=["constant", "cosine"], default="cosine", help="after warm-up; cosine goes down to --min_lr (default: %(default)s)")
     add("--min_lr", type=real, help="the cosine's floor, reached at the last step (default: a tenth of --learning_rate)")
@@ -835,8 +880,11 @@ def parse_arguments(args):
     for name, low in (("eval_every", 1), ("sample_every", 0), ("save_every", 1), ("seed", 0)):
         checked(check_whole_number, name, getattr(options, name), low)
     check_shape_flags(options)
+    check_lora_flags(options)
     if options.learning_rate is None:
-        options.learning_rate = SCRATCH["learning_rate"] if options.from_scratch else FINE_TUNING_LR
+        options.learning_rate = (
+            SCRATCH["learning_rate"] if options.from_scratch else LORA_LR if options.lora_rank else FINE_TUNING_LR
+        )
     for name in ("learning_rate", "weight_decay", "grad_clip"):
         checked(check_number, name, getattr(options, name), 0)
     if options.min_lr is not None:
@@ -874,6 +922,37 @@ def check_shape_flags(options):
         raise UsageError(f"--n_embd {options.n_embd} is not a multiple of --n_head {options.n_head}")
     if options.n_ctx < options.block_size:
         raise UsageError(f"--n_ctx {options.n_ctx} is shorter than --block_size {options.block_size}")
+
+
+def lora_targets(text):  # --lora_targets: "c_attn,c_fc" -> ["c_attn", "c_fc"]
+    targets = [name.strip() for name in text.split(",")]
+    unknown = [name for name in targets if name not in LORA_TARGETS]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not one of {', '.join(LORA_TARGETS)}")
+    return targets
+
+
+def check_lora_flags(options):
+    """--lora_rank's options, their defaults filled in; they are for it alone."""
+    if options.lora_rank is None:
+        given = [name for name in ("lora_alpha", "lora_targets") if getattr(options, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} is for --lora_rank")
+        return
+    if options.from_scratch:
+        raise UsageError("--lora_rank adapts a model's weights: not with --from_scratch, whose weights are all new")
+    checked(check_whole_number, "lora_rank", options.lora_rank, 1)
+    options.lora_alpha = 2.0 * options.lora_rank if options.lora_alpha is None else options.lora_alpha
+    checked(check_number, "lora_alpha", options.lora_alpha, 0, None, True)
+    options.lora_targets = options.lora_targets or ["c_attn"]
+    size = options.model_size or (DEFAULT_MODEL_SIZE if options.model is None else None)
+    if size in MODEL_HPARAMS and options.lora_rank > MODEL_HPARAMS[size]["n_embd"]:
+        raise UsageError(f"--lora_rank {options.lora_rank} is above {size}'s width, {MODEL_HPARAMS[size]['n_embd']}")
+
+
+def check_lora_rank(options, params):  # a model known only once loaded: its rank checked against its widths
+    if options.lora_rank and options.lora_rank > params["wte"].shape[1]:
+        raise ValueError(f"--lora_rank {options.lora_rank} is above the model's width, {params['wte'].shape[1]}")
 
 
 def main(args=None):

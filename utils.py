@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from encoder import read_encoder
-from storage import hf, hub, npy_copy
+from storage import hf, hub, npy_copy, peft
 from storage.checkpoint import CheckpointError, gpt2_tensors
 from storage.download import download_files
 from storage.files import sha256_of
@@ -217,6 +217,8 @@ def load_model(name_or_path, models_dir=DEFAULT_MODELS_DIR, revision="main"):
     "openai-community/gpt2-medium") at a revision (a branch, tag or commit), taken from HuggingFace's
     cache when it is there and downloaded into models_dir otherwise."""
     kind = check_model_name(name_or_path)
+    if kind == "folder" and peft.is_adapter_folder(name_or_path):
+        return load_adapted(name_or_path, models_dir)
     if kind == "openai":
         return load_encoder_hparams_and_params(name_or_path, models_dir)
     if kind == "folder" and os.path.isfile(os.path.join(name_or_path, "hparams.json")):
@@ -234,3 +236,18 @@ def load_model(name_or_path, models_dir=DEFAULT_MODELS_DIR, revision="main"):
             with model_lock(folder):
                 hub.download_from_hub(name_or_path, revision, folder)
     return hub.load_hf_folder(folder, work_dir, name_or_path)
+
+
+def load_adapted(folder, models_dir=DEFAULT_MODELS_DIR):
+    """(encoder, hparams, params) of a LoRA adapter folder (PEFT's, or a `train.py --lora_rank` run):
+    the base model it names, loaded as load_model loads any, with the adapters merged into its
+    weights once."""
+    import train  # the merge is LoRA's own arithmetic, beside its backward
+
+    config = peft.read_config(folder)
+    base = config["base_model_name_or_path"]
+    if os.path.isdir(base) and os.path.samefile(base, folder):
+        raise ValueError(f"{folder}: the adapters name their own folder as their base model")
+    encoder, hparams, params = load_model(base, models_dir)
+    adapters = peft.read(folder, hparams["n_layer"])
+    return encoder, hparams, train.with_adapters(params, adapters, peft.scaling(config))

@@ -86,3 +86,118 @@ def test_new_adapters_start_as_the_base_model_and_are_peft_s_init(small_params):
     assert lora_a.max() <= bound and lora_a.min() >= -bound and abs(lora_a.std() - bound / np.sqrt(3)) < 0.1 * bound
     assert np.abs(at(grads, ("blocks", 0, "attn", "c_attn", "lora_b"))).max() > 0  # b learns from the first step
     assert np.abs(at(grads, ("blocks", 0, "attn", "c_attn", "lora_a"))).max() == 0  # a waits for b to move
+
+
+def lora_run(small_run, out, *extra):
+    """train.py's arguments for a LoRA run on the small model and the licence texts."""
+    from helpers import train_args
+
+    return [*train_args(small_run, "--lora_rank", str(RANK), "--lora_alpha", str(ALPHA), *extra), "--out", str(out)]
+
+
+def logits_of(params, ids):
+    import gpt2
+
+    return gpt2.gpt2(np.asarray(ids), **params, n_head=N_HEAD)
+
+
+@pytest.mark.slow
+def test_a_lora_run_learns_and_its_folder_loads_in_peft_and_in_gpt2(small_run, small_variables, capsys):
+    import json
+
+    import peft
+    import torch
+    from helpers import run_gpt2, train_in_process
+
+    import utils
+    from tools.random_model import hf_model
+
+    needs("peft")
+    targets = ["--lora_targets", "c_attn,c_proj,c_fc", "--eval_every", "60", "--warmup_steps", "5"]
+    base = train_in_process(
+        capsys, lora_run(small_run, small_run / "base", *targets, "--steps", "1", "--learning_rate", "0")
+    )
+    run = train_in_process(
+        capsys, lora_run(small_run, small_run / "run", *targets, "--steps", "60", "--learning_rate", "1e-2")
+    )
+    assert base.returncode == 0 and run.returncode == 0, run.stderr
+    base_loss = json.loads((small_run / "base" / "log.jsonl").read_text().splitlines()[-1])["val_loss"]
+    val_loss = json.loads((small_run / "run" / "log.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert val_loss < base_loss - 0.5, (val_loss, base_loss)  # learnt: the adapters alone moved the model
+    files = sorted(p.name for p in (small_run / "run").iterdir())
+    assert "model.safetensors" not in files and {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+    config = json.loads((small_run / "run" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "124M" and config["r"] == RANK and config["fan_in_fan_out"]
+
+    _, _, merged = utils.load_model(str(small_run / "run"), str(small_run / "models"))
+    ids = np.random.RandomState(5).randint(0, SMALL_HPARAMS["n_vocab"], (1, 20))
+    model = peft.PeftModel.from_pretrained(hf_model(small_variables, SMALL_HPARAMS), str(small_run / "run"))
+    with torch.no_grad():
+        theirs = model(torch.tensor(ids)).logits.numpy()[0]
+    ours = logits_of(merged, ids[0])
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+    assert np.abs(ours - logits_of(utils.load_model("124M", str(small_run / "models"))[2], ids[0])).max() > 1e-2
+    generated = run_gpt2(
+        "Hello", "--model", str(small_run / "run"), "--models_dir", str(small_run / "models"), "-n", "5"
+    )
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
+
+
+def test_an_adapter_folder_made_by_peft_loads_in_gpt2(small_models_dir, small_variables, tmp_path):
+    import json
+
+    import torch
+
+    import utils
+
+    model = peft_model(small_variables, ["c_attn", "mlp.c_proj"])
+    model.save_pretrained(str(tmp_path / "adapter"))
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "124M"}))  # the base, as we name it
+    ids = np.random.RandomState(6).randint(0, SMALL_HPARAMS["n_vocab"], (1, 24))
+    with torch.no_grad():
+        theirs = model(torch.tensor(ids)).logits.numpy()[0]
+    _, _, params = utils.load_model(str(tmp_path / "adapter"), str(small_models_dir))
+    ours = logits_of(params, ids[0])
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lora_rank", "0"], "lora_rank must be"),
+        (["--lora_rank", "8", "--lora_targets", "c_attn,q_proj"], "q_proj"),
+        (["--lora_rank", "8", "--from_scratch"], "not with --from_scratch"),
+        (["--lora_alpha", "16"], "--lora_alpha is for --lora_rank"),
+        (["--lora_rank", "769"], "above 124M's width"),
+    ],
+)
+def test_lora_usage_mistakes_exit_2_before_any_work(tmp_path, capsys, extra, message):
+    from helpers import train_in_process
+
+    result = train_in_process(capsys, [str(tmp_path / "missing.txt"), "--out", str(tmp_path / "run"), *extra])
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_lora_run_stopped_by_sigterm_resumes_bit_for_bit_and_keeps_its_kind(small_run, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import REPO_DIR, stopped_once_saved, train_args, train_in_process
+
+    args = lora_run(small_run, small_run / "whole", "--steps", "30", "--save_every", "5", "--eval_every", "30")
+    whole = subprocess.run([sys.executable, "train.py", *args], cwd=REPO_DIR, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    command = [sys.executable, "train.py", *args[:-1], str(small_run / "cut")]
+    code, stderr = stopped_once_saved(command, small_run / "cut", signal.SIGTERM)
+    assert code == 143 and "Traceback" not in stderr, stderr
+    again = subprocess.run(command, cwd=REPO_DIR, capture_output=True, text=True)
+    assert again.returncode == 0 and "resuming the run" in again.stderr, again.stderr
+    for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+        assert (small_run / "cut" / name).read_bytes() == (small_run / "whole" / name).read_bytes(), name
+    full = train_in_process(capsys, [*train_args(small_run, "--steps", "31"), "--out", str(small_run / "cut")])
+    assert full.returncode == 2 and "trains LoRA adapters" in full.stderr, full.stderr
