@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 
@@ -19,8 +20,10 @@ import numpy as np
 
 import gpt2
 import serve
+import train
 import utils
 from gpt2 import N_CTX, N_VOCAB, check_whole_number, plural
+from storage import hf
 from storage.files import JsonlError, read_jsonl, read_utf8
 from utils import DEFAULT_MODEL_SIZE, DEFAULT_MODELS_DIR, load_model
 
@@ -262,6 +265,9 @@ def main(prompt=None, **flags):
 
 def execute(run):
     check_flags(run)
+    if run.save_model is not None:
+        run.load()
+        return save_model(run)
     if run.serve:
         return serve_model(run)
     if run.jsonl is not None:
@@ -276,6 +282,21 @@ def execute(run):
     if run.score:
         return print_score(run, scoring_ids(run, text))
     return generate_text(run, run.encoder.encode(text))
+
+
+def save_model(run):
+    """The model as loaded (adapters merged) in a new folder, written beside it and renamed into place
+    whole: a folder by that name is complete."""
+    work = f"{run.save_model.rstrip(os.sep)}.partial-{os.getpid()}"
+    os.makedirs(work)
+    try:
+        hf.write_model(work, run.encoder, run.hparams, train.leaves(run.params))
+        os.rename(work, run.save_model)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(f"saved the model in {run.save_model}: python gpt2.py PROMPT --model {run.save_model}", file=sys.stderr)
+    return run.save_model
 
 
 def serve_model(run):
@@ -402,6 +423,7 @@ def make_parser():
     model.add_argument("--model_size", metavar="SIZE", help=f"which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower) (default: {DEFAULT_MODEL_SIZE})")
     model.add_argument("--model", metavar="NAME_OR_PATH", help="instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's (config.json, model.safetensors, vocab.json, merges.txt), a training run's folder, or a model on the HuggingFace hub such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there) (default: none)")
     model.add_argument("--revision", metavar="REVISION", default="main", help="with --model NAME, the hub's branch, tag or commit to take (default: %(default)s)")
+    model.add_argument("--save_model", metavar="DIR", help="instead of generating, write the model to a new folder DIR in HuggingFace's layout, for tools that know no LoRA adapters: a LoRA run's (or PEFT's) adapters merged into its base (default: none)")
     model.add_argument("--models_dir", metavar="DIR", default=DEFAULT_MODELS_DIR, help="the folder for the models; a missing model is downloaded there first, and the converted copy of every model is kept there (default: $GPT2_MODELS_DIR, else the models folder beside gpt2.py: %(default)s)")
     generation = parser.add_argument_group("generation")
     generation.add_argument("-n", "--n_tokens_to_generate", metavar="N", type=whole, default=40, help="how many tokens to add at most. A token is a word or a piece of one; 100 tokens are about 75 English words. The prompt and the new tokens must fit in the model's context, 1024 tokens (default: %(default)s)")
@@ -430,13 +452,15 @@ def check_flags(run):
     """Every value, before anything is loaded or downloaded."""
     modes = {"a prompt": run.prompt is not None, "--file": run.file is not None, "--jsonl": run.jsonl is not None}
     modes = [name for name, given in {**modes, "--interactive": run.interactive}.items() if given]
-    if run.serve:
+    if run.save_model is not None:
+        check_saving(run, modes)
+    elif run.serve:
         check_serving(run, modes)
     elif run.host != PARSER.get_default("host") or run.port != PARSER.get_default("port"):
         raise UsageError("--host and --port go with --serve")
     elif not modes:
         raise UsageError("give a prompt (or - to read standard input, --file PATH, --jsonl PATH or --interactive)")
-    if len(modes) > 1:
+    if len(modes) > 1 and run.save_model is None:
         both = "both " if len(modes) == 2 else "all of "
         raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
     if run.prompt is not None and not isinstance(run.prompt, str):
@@ -479,6 +503,13 @@ def check_combinations(run):
     if run.temperature == 0 and (run.top_k or run.top_p < 1) and not run.score:
         flag = "--top_k" if run.top_k else "--top_p"
         raise UsageError(f"{flag} filters what sampling draws from: it needs a --temperature above 0 (0 is greedy)")
+
+
+def check_saving(run, modes):
+    if modes or run.serve:
+        raise UsageError(f"--save_model writes the model and generates nothing: not with {(modes or ['--serve'])[0]}")
+    if os.path.lexists(run.save_model):
+        raise UsageError(f"--save_model {run.save_model} exists: give a new folder")
 
 
 def check_serving(run, modes):

@@ -327,11 +327,7 @@ def save_run(folder, params, hparams, encoder, optimizer, state, adapter_config=
     if adapter_config:
         peft.write(folder, adapter_config, params, suffix=".partial")
     else:
-        with open(partial("config.json"), "w") as f:
-            json.dump(hf.config_for(hparams, encoder.end_of_text), f, indent=2)
-            synced(f)
-        safetensors_file.write(partial("model.safetensors"), {hf.hf_name(dotted(p)): a for p, a in leaves(params)})
-        hf.write_tokenizer(encoder, folder, suffix=".partial")
+        hf.write_model(folder, encoder, hparams, leaves(params), suffix=".partial")
     moments = {f"m.{dotted(path)}": array for path, array in optimizer.m.items()}
     moments.update({f"v.{dotted(path)}": array for path, array in optimizer.v.items()})
     safetensors_file.write(partial("optimizer.safetensors"), moments, {"step": optimizer.step_count})

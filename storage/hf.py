@@ -12,6 +12,7 @@ import re
 
 from encoder import read_encoder, read_tokenizer_json
 
+from . import safetensors_file
 from .files import synced
 from .safetensors_file import SafetensorsError, read_header, read_tensors
 
@@ -121,6 +122,17 @@ def write_tokenizer(encoder, folder, suffix=""):
     with open(os.path.join(folder, "merges.txt" + suffix), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
         synced(f)
+
+
+def write_model(folder, encoder, hparams, weights, suffix=""):
+    """A model folder as save_pretrained writes one (config.json, model.safetensors, vocab.json,
+    merges.txt; each name + suffix) from weights, (path, array) pairs of nested params (train.leaves)."""
+    with open(os.path.join(folder, CONFIG + suffix), "w") as f:
+        json.dump(config_for(hparams, encoder.end_of_text), f, indent=2)
+        synced(f)
+    named = {hf_name(".".join(str(part) for part in path)): array for path, array in weights}
+    safetensors_file.write(os.path.join(folder, WEIGHTS + suffix), named)
+    write_tokenizer(encoder, folder, suffix)
 
 
 def tensors(weights_path):

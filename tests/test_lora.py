@@ -201,3 +201,36 @@ def test_a_lora_run_stopped_by_sigterm_resumes_bit_for_bit_and_keeps_its_kind(sm
         assert (small_run / "cut" / name).read_bytes() == (small_run / "whole" / name).read_bytes(), name
     full = train_in_process(capsys, [*train_args(small_run, "--steps", "31"), "--out", str(small_run / "cut")])
     assert full.returncode == 2 and "trains LoRA adapters" in full.stderr, full.stderr
+
+
+def test_save_model_writes_the_merged_model_that_peft_s_merge_and_unload_gives(
+    small_models_dir, small_variables, tmp_path
+):
+    import json
+
+    from helpers import run_gpt2
+
+    from storage import hf
+
+    model = peft_model(small_variables, ["c_attn", "c_proj", "c_fc"])
+    model.save_pretrained(str(tmp_path / "adapter"))
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": "124M"}))
+    merged = tmp_path / "merged"
+    saved = run_gpt2(
+        "--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir), "--save_model", str(merged)
+    )
+    assert saved.returncode == 0, saved.stderr
+    assert sorted(p.name for p in merged.iterdir()) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert not list(tmp_path.glob("merged.partial*"))
+    theirs = {name: p.detach().numpy() for name, p in model.merge_and_unload().state_dict().items()}
+    ours = dict(hf.tensors(str(merged / "model.safetensors")))
+    assert ours and all(hf.hf_name(key) in theirs for key in ours)
+    for key, array in ours.items():
+        assert np.abs(array - theirs[hf.hf_name(key)]).max() <= 1e-5, key
+    again = run_gpt2(
+        "--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir), "--save_model", str(merged)
+    )
+    assert again.returncode == 2 and "exists" in again.stderr
+    both = run_gpt2("Hello", "--models_dir", str(small_models_dir), "--save_model", str(tmp_path / "other"))
+    assert both.returncode == 2 and "not with a prompt" in both.stderr

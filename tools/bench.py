@@ -668,6 +668,69 @@ def report_train(rows, n_params, tokens, peak_megabytes):
     print(f"  peak RSS of two steps in a fresh process: {peak_megabytes:.0f} MB")
 
 
+def measure_lora_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ, rank=8):
+    """Seconds of one LoRA step (rank 8 on c_attn, clipping, AdamW on the adapters; the base read where
+    it was loaded) on n_batch x n_seq tokens of the 124M shape, in the same rounds as the full
+    fine-tuning step of train.py and PEFT's on HuggingFace's model (the same adapters, torch.optim.AdamW)."""
+    import numpy as np
+
+    import train
+
+    train.keep_freed_memory()  # as python train.py does
+    batch = np.random.RandomState(3).randint(0, len(params["wte"]), (n_batch, n_seq + 1))
+    adapters = train.init_adapters(params, rank, ["c_attn"], seed=0)
+    lora_optimizer = train.AdamW(adapters, beta1=0.9, beta2=0.95, weight_decay=0.1)
+    full = train.trainable(params)
+    full_optimizer = train.AdamW(full, beta1=0.9, beta2=0.95, weight_decay=0.1)
+
+    def lora():
+        _, grads = train.loss_and_grads(params, batch, n_head, adapters=adapters, lora_scale=2.0)
+        train.clip_gradients(grads, 1.0)
+        lora_optimizer.step(adapters, grads, 1e-3)
+
+    def whole():
+        _, grads = train.loss_and_grads(full, batch, n_head)
+        train.clip_gradients(grads, 1.0)
+        full_optimizer.step(full, grads, 1e-4)
+
+    steps = {"lora": lora, "full": whole}
+    hf = hf_model_124M()
+    try:
+        import peft
+    except ImportError:
+        hf = None
+    if hf is not None:
+        import torch
+
+        config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn"], fan_in_fan_out=True)
+        model = peft.get_peft_model(hf, config).train()
+        trained = [p for p in model.parameters() if p.requires_grad]
+        torch_optimizer = torch.optim.AdamW(trained, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+        ids = torch.tensor(batch)
+
+        def peft_step():
+            torch_optimizer.zero_grad()
+            model(ids, labels=ids).loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            torch_optimizer.step()
+
+        steps["peft"] = peft_step
+    return [{name: seconds(step) for name, step in steps.items()} for _ in range(rounds)], n_batch * n_seq
+
+
+def report_lora_train(rows, tokens):
+    median = functools.partial(median_of, rows)
+    print(
+        f"LoRA step, rank 8 on c_attn, 124M shape, {tokens} tokens ({TRAIN_BATCH} x {TRAIN_SEQ}), medians of {len(rows)} rounds:"
+    )
+    print(f"  train.py --lora_rank 8: {median('lora'):.2f} s, {tokens / median('lora'):.0f} tokens/s")
+    print(f"  train.py, every weight: {median('full'):.2f} s; LoRA is {median('full', 'lora'):.2f}x")
+    if "peft" in rows[0]:
+        print(
+            f"  PEFT on GPT2LMHeadModel, AdamW: {median('peft'):.2f} s; train.py's LoRA is {median('peft', 'lora'):.2f}x"
+        )
+
+
 def measure_scratch_train(rounds=SCRATCH_ROUNDS, n_steps=SCRATCH_STEPS):
     """Seconds per step (the median of n_steps, each round) of nanoGPT's CPU recipe from scratch: ours,
     and PyTorch's GPT2LMHeadModel of that config with the same weights (dropout 0, torch.optim.AdamW,
@@ -775,7 +838,7 @@ def report_scratch_train(rows, breakdown):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["decode", "score", "load", "encoder", "serve", "train", "scratch"]
+    parts = ["decode", "score", "load", "encoder", "serve", "train", "lora", "scratch"]
     parser.add_argument("--only", choices=parts, help="run one part")
     parser.add_argument("--models_dir", help="where to keep the random 124M-shaped model (default: a temporary folder)")
     parser.add_argument("--llama_cpp", help="a llama.cpp source folder with llama-bench built: compare decode with it")
@@ -784,7 +847,7 @@ def main():
     print(machine_summary())
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or tmp
-        if args.only in (None, "decode", "score", "train"):
+        if args.only in (None, "decode", "score", "train", "lora"):
             hparams, params = load_random_model(models_dir)
         if args.only in (None, "decode"):
             hf = hf_model_124M()
@@ -805,6 +868,8 @@ def main():
         if args.only in (None, "train"):
             rows, n_params, tokens = measure_train(params, hparams["n_head"])
             report_train(rows, n_params, tokens, peak_training_rss(models_dir))
+        if args.only in (None, "lora"):
+            report_lora_train(*measure_lora_train(params, hparams["n_head"]))
         if args.only in (None, "scratch"):
             report_scratch_train(*measure_scratch_train())
 
