@@ -263,19 +263,26 @@ def held_out_loss(params, batches, n_head):
     return total / counted
 
 
-def memory_needed(hparams, n_batch, block_size, lora=False):
+def memory_needed(hparams, n_batch, block_size, lora_rank=None, lora_targets=("c_attn",)):
     """Bytes a training step needs, roughly: the weights as loaded and their trainable copy, their
-    gradients and two moments (5 copies), what each block keeps for the backward pass (16 arrays of
-    n_embd per token, and its attention weights), the logits and their gradient, and the gradient of
-    one block's attention weights."""
-    n_params = sum(int(np.prod(shape)) for shape in expected_shapes(hparams).values())
+    gradients and two moments (5 copies; with LoRA, one, the adapted matrices merged for the step, and
+    the adapters with their gradients and moments), what each block keeps for the backward pass (16
+    arrays of n_embd per token, and its attention weights), the logits and their gradient, and the
+    gradient of one block's attention weights."""
+    shapes = expected_shapes(hparams)
+    n_params = sum(int(np.prod(shape)) for shape in shapes.values())
+    weights = 5 * n_params
+    if lora_rank:
+        places = {place for target in lora_targets for place in LORA_TARGETS[target]}
+        adapted = [shapes[f"blocks.0.{module}.{name}.w"] for module, name in places]
+        merged = hparams["n_layer"] * sum(n_in * n_out for n_in, n_out in adapted)
+        adapters = 4 * hparams["n_layer"] * sum(lora_rank * (n_in + n_out) for n_in, n_out in adapted)
+        weights = n_params + merged + adapters
     tokens = n_batch * block_size
     activations = hparams["n_layer"] * 16 * tokens * hparams["n_embd"]
     logits = 2 * tokens * hparams["n_vocab"]
     attention_weights = (hparams["n_layer"] + 1) * n_batch * hparams["n_head"] * block_size * block_size
-    # LoRA: one copy of the weights, read where they lie; the adapters are a small part of it
-    copies = 1.05 if lora else 5
-    return 4 * (copies * n_params + activations + logits + attention_weights)
+    return 4 * (weights + activations + logits + attention_weights)
 
 
 def memory_available():
@@ -597,11 +604,13 @@ def check_held_out(options, documents, val_documents):
 
 
 def check_memory(hparams, options):
-    needed = memory_needed(hparams, options.batch_size, options.block_size, bool(options.lora_rank))
+    needed = memory_needed(hparams, options.batch_size, options.block_size, options.lora_rank, options.lora_targets)
     available = memory_available()
     if needed > 0.9 * available:
+        what = " (LoRA: one copy of the weights, the adapters and their moments, the activations)"
         raise MemoryError(
-            f"this run needs about {needed / 1e9:.1f} GB and {available / 1e9:.1f} GB are available: "
+            f"this run needs about {needed / 1e9:.1f} GB{what if options.lora_rank else ''} and "
+            f"{available / 1e9:.1f} GB are available: "
             "use a smaller --batch_size or --block_size (with --grad_accum for the same batch), a smaller model"
             + ("" if options.lora_rank else ", or LoRA (--lora_rank 8), which keeps one copy of the weights")
         )

@@ -731,6 +731,63 @@ def report_lora_train(rows, tokens):
         )
 
 
+LORA_MEMORY_SIZES = ("774M", "1558M")
+# A HuggingFace folder of random weights of one of OpenAI's shapes, written by a process of its own
+WRITE_RANDOM_HF_FOLDER = """
+import os, sys, numpy as np
+from encoder import read_encoder
+from storage import hf
+from storage.model_folder import expected_shapes, nest
+from tools.random_model import tokenizer_dir
+from utils import MODEL_HPARAMS
+import train
+folder, size = sys.argv[1:]
+hparams, rng = MODEL_HPARAMS[size], np.random.default_rng(0)
+params = nest({key: rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02) for key, shape in expected_shapes(hparams).items()})
+os.makedirs(folder)
+encoder = read_encoder(os.path.join(tokenizer_dir(), "encoder.json"), os.path.join(tokenizer_dir(), "vocab.bpe"))
+hf.write_model(folder, encoder, hparams, train.leaves(params))
+"""
+
+
+def measure_lora_memory(models_dir, sizes=LORA_MEMORY_SIZES, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ):
+    """Peak resident memory, MB, of `python train.py --lora_rank 8` taking one step at n_batch x n_seq
+    on random weights of each size (a HuggingFace folder, converted on first load as any), and the
+    trainer's own estimate beside it, and a full fine-tune's."""
+    import trainer
+    from utils import MODEL_HPARAMS
+
+    data = os.path.join(models_dir, "lora-data.txt")
+    with open(data, "w") as f:  # some 400 KB of English and code: Python's own modules
+        for name in sorted(os.listdir(os.path.dirname(os.__file__)))[:60]:
+            if name.endswith(".py"):
+                f.write(open(os.path.join(os.path.dirname(os.__file__), name), errors="replace").read())
+    rows = {}
+    for size in sizes:
+        folder = os.path.join(models_dir, f"random-{size}")
+        if not os.path.isdir(folder):
+            in_fresh_process("-c", WRITE_RANDOM_HF_FOLDER, folder, size)
+        command = ("train.py", data, "--model", folder, "--models_dir", models_dir, "--lora_rank", "8")
+        command += ("--steps", "1", "--batch_size", str(n_batch), "--block_size", str(n_seq), "--sample_every", "0")
+        command += ("--out", os.path.join(models_dir, f"lora-run-{size}"), "--fresh")
+        hparams = MODEL_HPARAMS[size]
+        rows[size] = {
+            "peak": peak_rss_megabytes(*command),
+            "estimate": trainer.memory_needed(hparams, n_batch, n_seq, lora_rank=8) / 1e6,
+            "full": trainer.memory_needed(hparams, n_batch, n_seq) / 1e6,
+        }
+    return rows
+
+
+def report_lora_memory(rows):
+    print(f"peak RSS of a LoRA run (rank 8 on c_attn; one step at {TRAIN_BATCH} x {TRAIN_SEQ}), random weights:")
+    for size, row in rows.items():
+        print(
+            f"  {size}: {row['peak'] / 1e3:.1f} GB (the trainer's estimate: {row['estimate'] / 1e3:.1f} GB; "
+            f"a full fine-tune's: {row['full'] / 1e3:.1f} GB)"
+        )
+
+
 def measure_scratch_train(rounds=SCRATCH_ROUNDS, n_steps=SCRATCH_STEPS):
     """Seconds per step (the median of n_steps, each round) of nanoGPT's CPU recipe from scratch: ours,
     and PyTorch's GPT2LMHeadModel of that config with the same weights (dropout 0, torch.optim.AdamW,
@@ -870,6 +927,7 @@ def main():
             report_train(rows, n_params, tokens, peak_training_rss(models_dir))
         if args.only in (None, "lora"):
             report_lora_train(*measure_lora_train(params, hparams["n_head"]))
+            report_lora_memory(measure_lora_memory(models_dir))
         if args.only in (None, "scratch"):
             report_scratch_train(*measure_scratch_train())
 
