@@ -654,9 +654,11 @@ class TrainingRun:
             self.adapter_config = peft.config_for(
                 options.model or options.model_size, options.lora_rank, options.lora_alpha, options.lora_targets
             )
-            targets, seed = options.lora_targets, options.seed
-            self.adapters = peft.read(self.out, self.hparams["n_layer"]) if saved else None
-            self.adapters = trainable(self.adapters or init_adapters(params, options.lora_rank, targets, seed))
+            self.adapters = trainable(
+                peft.read(self.out, self.hparams["n_layer"])
+                if saved
+                else init_adapters(params, options.lora_rank, options.lora_targets, options.seed)
+            )
         elif saved:
             self.params = load_run_params(self.out)
         self.optimizer = AdamW(self.trained, beta1=0.9, beta2=options.beta2, weight_decay=options.weight_decay)
