@@ -345,8 +345,9 @@ def leaves(tree, path=()):
 
 
 def decays(path):
-    """Weight decay applies to the weight matrices and the embeddings, not to biases and layer-norm gains."""
-    return path[-1] in ("w", "wte", "wpe")
+    """Weight decay applies to the weight matrices (LoRA's too) and the embeddings, not to biases and
+    layer-norm gains."""
+    return path[-1] in ("w", "wte", "wpe", "lora_a", "lora_b")
 
 
 def clip_gradients(grads, max_norm):
