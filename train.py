@@ -8,8 +8,11 @@ chain rule; they come in the order a reader meets the forward functions.
 
     loss, grads = loss_and_grads(params, batch, n_head)   # batch: ids [n_batch, n_seq + 1]
 
-`grads` is a nested dict shaped like `params`. Every gradient is checked against PyTorch's autograd
-(HuggingFace's GPT2LMHeadModel on the same weights) and against jax.grad(gpt2.lm_loss) in the tests.
+`grads` is a nested dict shaped like `params`; with LoRA's adapters beside frozen weights
+(`adapters = init_adapters(params, rank, ["c_attn"], seed)`, then `loss_and_grads(params, batch,
+n_head, adapters=adapters, lora_scale=alpha / rank)`), it is shaped like `adapters`. Every gradient
+is checked against PyTorch's autograd (HuggingFace's GPT2LMHeadModel on the same weights; through
+PEFT's adapters for LoRA) and against jax.grad(gpt2.lm_loss) in the tests.
 The run around this lesson (the data, the run folder, the loop, the command line) is trainer.py,
 which `python train.py ...` runs.
 """
