@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import sys
+import textwrap
 
 import numpy as np
 
@@ -313,13 +314,21 @@ class UsageError(ValueError):
     """A mistake in what a command line was given: exit code 2, before anything is loaded."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help's descriptions wrapped between words only: a name such as openai-community/gpt2-medium is
+    never cut at a hyphen."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse as gpt2.py's and train.py's command lines use it: whole flag names only, a one-line
     UsageError for every mistake (with a "did you mean" for a misspelt flag), and --help that shows
     each flag's default."""
 
     def __init__(self, **options):
-        super().__init__(allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+        super().__init__(allow_abbrev=False, formatter_class=HelpFormatter, **options)
 
     def error(self, message):
         argument = re.match(r"argument (?:\S+/)?(\S+): (.*)", message)
@@ -421,7 +430,7 @@ def make_parser():
     text.add_argument("--interactive", action=Switch, help='ask for prompts one after another ("Model prompt >>> "), with the model loaded once. Ctrl-C stops a generation; Ctrl-D, or the end of piped input, ends.')
     model = parser.add_argument_group("the model")
     model.add_argument("--model_size", metavar="SIZE", help=f"which of OpenAI's models: 124M, 355M, 774M or 1558M (bigger writes better, slower) (default: {DEFAULT_MODEL_SIZE})")
-    model.add_argument("--model", metavar="NAME_OR_PATH", help="instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's (config.json, model.safetensors, vocab.json, merges.txt), a training run's folder (a LoRA run's, or any PEFT LoRA adapter folder: its base with the adapters merged), or a model on the HuggingFace hub such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there) (default: none)")
+    model.add_argument("--model", metavar="NAME_OR_PATH", help="instead of --model_size, any GPT-2: a folder in OpenAI's layout or HuggingFace's (config.json, model.safetensors, vocab.json, merges.txt), a training run's folder (a LoRA run's too), a PEFT adapter folder (its base, the adapters merged), or a model on the HuggingFace hub such as distilgpt2 or openai-community/gpt2-medium (from HuggingFace's cache if it is there) (default: none)")
     model.add_argument("--revision", metavar="REVISION", default="main", help="with --model NAME, the hub's branch, tag or commit to take (default: %(default)s)")
     model.add_argument("--save_model", metavar="DIR", help="instead of generating, write the model to a new folder DIR in HuggingFace's layout, for tools that know no LoRA adapters: a LoRA run's (or PEFT's) adapters merged into its base (default: none)")
     model.add_argument("--models_dir", metavar="DIR", default=DEFAULT_MODELS_DIR, help="the folder for the models; a missing model is downloaded there first, and the converted copy of every model is kept there (default: $GPT2_MODELS_DIR, else the models folder beside gpt2.py: %(default)s)")
