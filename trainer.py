@@ -32,6 +32,7 @@ from storage.files import (
     read_utf8,
     synced,
 )
+from storage.model_folder import dotted
 from train import (
     LORA_TARGETS,
     AdamW,
@@ -318,10 +319,6 @@ RUN_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "op
 # A LoRA run keeps its adapters only, in PEFT's files, which name the base model
 LORA_RUN_FILES = (peft.CONFIG, peft.WEIGHTS, "optimizer.safetensors", "state.json")
 LOG, CURVE = "log.jsonl", "loss.svg"
-
-
-def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_attn.w", utils.nest's flat key
-    return ".".join(str(part) for part in path)
 
 
 def save_run(folder, params, hparams, encoder, optimizer, state, adapter_config=None):

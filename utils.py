@@ -250,4 +250,12 @@ def load_adapted(folder, models_dir=DEFAULT_MODELS_DIR):
         raise ValueError(f"{folder}: the adapters name their own folder as their base model")
     encoder, hparams, params = load_model(base, models_dir)
     adapters = peft.read(folder, hparams["n_layer"])
+    for i, block in enumerate(adapters["blocks"]):
+        for module, layers in block.items():
+            for name, adapter in layers.items():
+                n_in, n_out = params["blocks"][i][module][name]["w"].shape
+                if adapter["lora_a"].shape != (n_in, config["r"]) or adapter["lora_b"].shape != (config["r"], n_out):
+                    raise ValueError(
+                        f"{folder}: the adapters of h.{i}.{module}.{name} do not fit {base} (or rank {config['r']})"
+                    )
     return encoder, hparams, train.with_adapters(params, adapters, peft.scaling(config))

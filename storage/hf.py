@@ -14,6 +14,7 @@ from encoder import read_encoder, read_tokenizer_json
 
 from . import safetensors_file
 from .files import synced
+from .model_folder import dotted
 from .safetensors_file import SafetensorsError, read_header, read_tensors
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -130,7 +131,7 @@ def write_model(folder, encoder, hparams, weights, suffix=""):
     with open(os.path.join(folder, CONFIG + suffix), "w") as f:
         json.dump(config_for(hparams, encoder.end_of_text), f, indent=2)
         synced(f)
-    named = {hf_name(".".join(str(part) for part in path)): array for path, array in weights}
+    named = {hf_name(dotted(path)): array for path, array in weights}
     safetensors_file.write(os.path.join(folder, WEIGHTS + suffix), named)
     write_tokenizer(encoder, folder, suffix)
 

@@ -35,6 +35,10 @@ def expected_shapes(hparams):
     return shapes
 
 
+def dotted(path):  # ("blocks", 0, "attn", "c_attn", "w") -> "blocks.0.attn.c_attn.w": nest's flat key
+    return ".".join(str(part) for part in path)
+
+
 def nest(flat):
     """{"blocks.0.ln_1.g": x, "wte": y} -> {"blocks": [{"ln_1": {"g": x}}], "wte": y}"""
     params = {}

@@ -252,3 +252,19 @@ def test_the_memory_estimate_knows_lora(small_run, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         trainer.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
     assert "or LoRA (--lora_rank 8)" in capsys.readouterr().err
+
+
+def test_adapters_that_do_not_fit_their_base_are_refused_in_one_line(small_models_dir, small_variables, tmp_path):
+    import json
+
+    from helpers import assert_clean_error, run_gpt2
+
+    from storage import peft as peft_files
+
+    adapters = adapters_of(peft_model(small_variables, ["c_attn"]))
+    adapters["blocks"][0]["attn"]["c_attn"]["lora_a"] = np.zeros((SMALL_HPARAMS["n_embd"] + 1, RANK), np.float32)
+    (tmp_path / "adapter").mkdir()
+    peft_files.write(str(tmp_path / "adapter"), peft_files.config_for("124M", RANK, ALPHA, ["c_attn"]), adapters)
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == RANK
+    result = run_gpt2("Hello", "--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir))
+    assert_clean_error(result, "h.0.attn.c_attn do not fit 124M")
