@@ -25,7 +25,7 @@ import train
 import utils
 from gpt2 import N_CTX, N_VOCAB, check_whole_number, plural
 from storage import hf
-from storage.files import JsonlError, read_jsonl, read_utf8
+from storage.files import JsonlError, partial_path, read_jsonl, read_utf8, remove_leftovers
 from utils import DEFAULT_MODEL_SIZE, DEFAULT_MODELS_DIR, load_model
 
 # Rows that decode together by default: more rows make more tokens per second, but the KV cache grows
@@ -287,8 +287,10 @@ def execute(run):
 
 def save_model(run):
     """The model as loaded (adapters merged) in a new folder, written beside it and renamed into place
-    whole: a folder by that name is complete."""
-    work = f"{run.save_model.rstrip(os.sep)}.partial-{os.getpid()}"
+    whole: a folder by that name is complete (and one of a killed run's is gone at the next)."""
+    target = run.save_model.rstrip(os.sep)
+    remove_leftovers(os.path.dirname(target) or ".", of=os.path.basename(target))
+    work = partial_path(target)
     os.makedirs(work)
     try:
         hf.write_model(work, run.encoder, run.hparams, train.leaves(run.params))

@@ -136,7 +136,7 @@ def gelu_backward(d_out, x, gelu_x):  # elementwise, x and gelu(x) as the forwar
     return by_rows(piece, d_out, x, gelu_x)
 
 
-def layer_norm_backward(d_out, x, g, eps=1e-5):  # [..., n], [..., n], [n] -> dx [..., n], dg, db
+def layer_norm_backward(d_out, x, g, eps=1e-5, frozen=False):  # [..., n], [..., n], [n] -> dx [..., n], dg, db
     """The normalized x_hat = (x - mean) / std feeds the output through g; but every x_i also moves the
     mean and the std that every x_hat_j is made with. So dx has three terms: the direct one, minus the
     share each x_i has in the mean, minus its share in the variance (its part along x_hat)."""
@@ -148,6 +148,8 @@ def layer_norm_backward(d_out, x, g, eps=1e-5):  # [..., n], [..., n], [n] -> dx
     dx = inv_std * (
         d_x_hat - d_x_hat.mean(axis=-1, keepdims=True) - x_hat * (d_x_hat * x_hat).mean(axis=-1, keepdims=True)
     )
+    if frozen:  # a frozen model's (LoRA's): only what flows back to the input
+        return dx, None
     rows = tuple(range(x.ndim - 1))
     return dx, {"g": (d_out * x_hat).sum(axis=rows), "b": d_out.sum(axis=rows)}
 
@@ -186,10 +188,11 @@ def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_emb
 def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, adapters=None, lora_scale=1.0):  # -> dx, grads
     """d_out [..., n_seq, n_embd]. With adapters (the block's, as init_adapters makes them), the block's
     own weights are frozen and the grads are the adapters' only."""
+    frozen = adapters is not None
 
     def linear_layer_backward(d_out, x, module, name):  # one of the block's linear layers -> dx, its grads
         w = {"attn": attn, "mlp": mlp}[module][name]["w"]
-        if adapters is None:
+        if not frozen:
             return linear_backward(d_out, x, w)
         dx, _ = linear_backward(d_out, x, w, frozen=True)
         adapter = adapters.get(module, {}).get(name)
@@ -198,17 +201,17 @@ def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, adapters=None, lo
     x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h = kept
     d_gelu_h, d_mlp_proj = linear_layer_backward(d_out, gelu_h, "mlp", "c_proj")
     d_b, d_fc = linear_layer_backward(gelu_backward(d_gelu_h, h, gelu_h), b, "mlp", "c_fc")
-    d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"])
+    d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"], frozen=frozen)
     d_x_mid += d_out  # the residual: the output is x_mid plus the feed-forward's part
     d_merged, d_attn_proj = linear_layer_backward(d_x_mid, merged, "attn", "c_proj")
     dq, dk, dv = attention_backward(split_heads(d_merged, n_head), q, k, v, weights)
     d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads read it
     d_a, d_c_attn = linear_layer_backward(d_qkv, a, "attn", "c_attn")
-    dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"])
+    dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"], frozen=frozen)
     dx += d_x_mid  # the residual again
     grads = {"attn": {"c_attn": d_c_attn, "c_proj": d_attn_proj}, "ln_1": d_ln_1, "ln_2": d_ln_2}
     grads["mlp"] = {"c_fc": d_fc, "c_proj": d_mlp_proj}
-    return dx, grads if adapters is None else like(adapters, grads)
+    return dx, like(adapters, grads) if frozen else grads
 
 
 def like(tree, grads):  # the parts of grads that a nested dict tree has
@@ -268,7 +271,7 @@ def loss_and_grads(params, batch, n_head, mask=None, adapters=None, lora_scale=1
 
     # Backwards, from the logits to the embeddings.
     d_final = d_logits @ wte  # [n_batch, n_seq, n_embd]
-    dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"])
+    dx, d_ln_f = layer_norm_backward(d_final, x, params["ln_f"]["g"], frozen=adapters is not None)
     d_blocks = [None] * len(kept)
     for i in reversed(range(len(kept))):
         block_adapters = None if adapters is None else adapters["blocks"][i]

@@ -248,7 +248,11 @@ def load_adapted(folder, models_dir=DEFAULT_MODELS_DIR):
     base = config["base_model_name_or_path"]
     if os.path.isdir(base) and os.path.samefile(base, folder):
         raise ValueError(f"{folder}: the adapters name their own folder as their base model")
-    encoder, hparams, params = load_model(base, models_dir)
+    try:  # a relative path is read from the current folder, as PEFT reads it
+        encoder, hparams, params = load_model(base, models_dir)
+    except (ValueError, OSError) as e:
+        error = ValueError if isinstance(e, ValueError) else OSError
+        raise error(f"{folder}: its base model ({base!r}, from {peft.CONFIG}): {e}") from None
     adapters = peft.read(folder, hparams["n_layer"])
     for i, block in enumerate(adapters["blocks"]):
         for module, layers in block.items():

@@ -55,6 +55,31 @@ def fsync_path(path):
         os.close(descriptor)
 
 
+def partial_path(path):  # where a file or folder is written before it is renamed to path
+    return f"{path}.{os.getpid()}.partial"
+
+
+def remove_leftovers(directory, of=None):
+    """What processes that were killed while they wrote left in directory: files and folders named
+    NAME.PID.partial (partial_path's; NAME `of`, if given) whose process is gone (another one may be
+    writing its own)."""
+    for entry in os.listdir(directory):
+        name, _, pid = entry.removesuffix(".partial").rpartition(".")
+        if entry.endswith(".partial") and pid.isdigit() and of in (None, name) and not process_alive(int(pid)):
+            path = os.path.join(directory, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def give_usual_permissions(directory):
     """mkdtemp makes a private folder (0700); a finished one gets what os.mkdir would give."""
     umask = os.umask(0)

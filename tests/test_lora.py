@@ -1,6 +1,10 @@
 """LoRA: train.py's adapters against PEFT's on HuggingFace's GPT2LMHeadModel (PyTorch's autograd through
 the same base weights and the same adapter values)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from helpers import N_HEAD, SMALL_HPARAMS, at, needs
@@ -163,6 +167,44 @@ def test_an_adapter_folder_made_by_peft_loads_in_gpt2(small_models_dir, small_va
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
 
 
+@pytest.mark.slow
+def test_serve_on_a_peft_made_adapter_folder_answers_with_the_adapted_model(
+    small_models_dir, small_variables, tmp_path, tiktoken_gpt2
+):
+    """--serve (the API and the page's attention view) on the adapters, against PEFT's model itself."""
+    import json
+    import urllib.request
+
+    import torch
+    from helpers import PROMPT, PROMPT_IDS, ServerProcess, hf_greedy_text
+
+    model = peft_model(small_variables, ["c_attn", "mlp.c_proj"]).eval()
+    model.save_pretrained(str(tmp_path / "adapter"))
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": "124M"}))
+    model.get_base_model().config._attn_implementation = "eager"  # the implementation that returns its weights
+    with torch.no_grad():
+        attentions = model(torch.tensor([PROMPT_IDS]), output_attentions=True).attentions
+    expected_text = hf_greedy_text(model, tiktoken_gpt2, PROMPT_IDS, 8)
+
+    def post(path, request):
+        data = json.dumps(request).encode()
+        headers = {"Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(server.url + path, data, headers), timeout=60) as answer:
+            return json.loads(answer.read())
+
+    with ServerProcess("--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir)) as server:
+        with urllib.request.urlopen(server.url + "/v1/models", timeout=60) as models:
+            (name,) = [model["id"] for model in json.loads(models.read())["data"]]
+        completion = post("/v1/completions", {"model": name, "prompt": PROMPT, "max_tokens": 8, "temperature": 0})
+        weights = post("/v1/attention", {"prompt": PROMPT, "layer": 1, "head": 0})["weights"]
+        with urllib.request.urlopen(server.url + "/", timeout=60) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        assert server.stop() == 130
+    assert name == str(tmp_path / "adapter") and completion["choices"][0]["text"] == expected_text
+    np.testing.assert_allclose(weights, attentions[1][0, 0].numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -184,8 +226,6 @@ def test_lora_usage_mistakes_exit_2_before_any_work(tmp_path, capsys, extra, mes
 @pytest.mark.slow
 def test_a_lora_run_stopped_by_sigterm_resumes_bit_for_bit_and_keeps_its_kind(small_run, capsys):
     import signal
-    import subprocess
-    import sys
 
     from helpers import REPO_DIR, stopped_once_saved, train_args, train_in_process
 
@@ -217,12 +257,18 @@ def test_save_model_writes_the_merged_model_that_peft_s_merge_and_unload_gives(
     config_path = tmp_path / "adapter" / "adapter_config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": "124M"}))
     merged = tmp_path / "merged"
+    # what a --save_model killed midway left, and one that is being written now (this process's)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = tmp_path / f"merged.{int(finished.stdout)}.partial", tmp_path / f"merged.{os.getpid()}.partial"
+    for leftover in (dead, alive):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"cut short")
     saved = run_gpt2(
         "--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir), "--save_model", str(merged)
     )
     assert saved.returncode == 0, saved.stderr
     assert sorted(p.name for p in merged.iterdir()) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
-    assert not list(tmp_path.glob("merged.partial*"))
+    assert not dead.exists() and alive.exists() and len(list(tmp_path.glob("merged.*.partial"))) == 1
     theirs = {name: p.detach().numpy() for name, p in model.merge_and_unload().state_dict().items()}
     ours = dict(hf.tensors(str(merged / "model.safetensors")))
     assert ours and all(hf.hf_name(key) in theirs for key in ours)
@@ -254,7 +300,9 @@ def test_the_memory_estimate_knows_lora(small_run, monkeypatch, capsys):
     assert "or LoRA (--lora_rank 8)" in capsys.readouterr().err
 
 
-def test_adapters_that_do_not_fit_their_base_are_refused_in_one_line(small_models_dir, small_variables, tmp_path):
+def test_adapters_that_do_not_fit_or_lack_their_base_are_refused_in_one_line(
+    small_models_dir, small_variables, tmp_path
+):
     import json
 
     from helpers import assert_clean_error, run_gpt2
@@ -268,3 +316,7 @@ def test_adapters_that_do_not_fit_their_base_are_refused_in_one_line(small_model
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == RANK
     result = run_gpt2("Hello", "--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir))
     assert_clean_error(result, "h.0.attn.c_attn do not fit 124M")
+    config = peft_files.config_for("../gone/124M", RANK, ALPHA, ["c_attn"])  # a relative path, from elsewhere
+    peft_files.write(str(tmp_path / "adapter"), config, adapters_of(peft_model(small_variables, ["c_attn"])))
+    result = run_gpt2("Hello", "--model", str(tmp_path / "adapter"), "--models_dir", str(small_models_dir))
+    assert_clean_error(result, "adapter: its base model ('../gone/124M', from adapter_config.json): ")
