@@ -60,7 +60,9 @@ from utils import (
 
 # Options that change nothing the run computes, and the run folder itself (which may have moved): a
 # resumed run may be given other ones
+# what a resumed run may be given otherwise: among them the backend and its devices and processes
 FREE_TO_CHANGE = ("fresh", "steps", "models_dir", "eval_every", "sample_every", "save_every", "out")
+FREE_TO_CHANGE += ("backend", "precision", "coordinator", "num_processes", "process_id")
 
 FINE_TUNING_LR = 1e-4  # a small step: the weights already know English
 LORA_LR = 1e-3  # the adapters start at zero and are all that moves: larger steps than a full fine-tune's
@@ -360,14 +362,16 @@ def starting_model(options):
     return encoder, hparams, as_loaded((dotted(path), array) for path, array in leaves(params))
 
 
-def open_run_folder(options):
+def open_run_folder(options, writes=True):
     """The saved state of the run in --out to resume, or None for a new run. A folder that holds
     anything but a run, or a run that cannot be resumed as it is, is refused and left as it is: a
-    trained run is never overwritten, and --fresh moves it aside."""
+    trained run is never overwritten, and --fresh moves it aside. A process of a run that does not
+    write (not the first of several) only reads: with --fresh it starts anew, as the first one will."""
     out = options.out
-    if not os.path.isdir(out):
+    if not os.path.isdir(out) or (options.fresh and not writes):
         return None
-    run_folder.finish(out)
+    if writes:
+        run_folder.finish(out)
     names = set(os.listdir(out))
     others = sorted(names - {*RUN_FILES, *LORA_RUN_FILES, run_folder.COMMIT, LOG, CURVE})
     if others:
@@ -611,7 +615,10 @@ class TrainingRun:
 
     def __init__(self, options):
         self.options, self.out = options, options.out
-        saved = open_run_folder(options)
+        self.writes = True  # only one process of a run writes its folder
+        if options.backend == "jax":
+            self.writes = start_jax(options) == 0
+        saved = open_run_folder(options, self.writes)
         documents = read_documents(options.data)  # bad data is refused before the model is loaded
         val_documents = read_documents([options.val_file]) if options.val_file else None
         self.pairs = isinstance(documents[0], Pair)
@@ -648,8 +655,17 @@ class TrainingRun:
         self.step, self.elapsed, self.records, self.saved_step = 0, 0.0, [], 0
         if saved:
             self.resume(saved)
-        os.makedirs(self.out, exist_ok=True)
-        self.write_log()  # the log as far as the save goes: later steps are redone
+        self.jax_step = None
+        if options.backend == "jax":
+            from train_jax import Step
+
+            lora_scale = self.lora_scale if self.adapters is not None else None
+            self.jax_step = Step(
+                self.params, self.trained, self.optimizer, self.n_head, options.grad_clip, lora_scale, options.precision
+            )
+        if self.writes:
+            os.makedirs(self.out, exist_ok=True)
+            self.write_log()  # the log as far as the save goes: later steps are redone
 
     def read_pairs(self, pairs, val_pairs):
         """The pairs' rows to train on, and the held-out ones in batches of at most MAX_HELD_OUT_PAIRS."""
@@ -713,6 +729,10 @@ class TrainingRun:
             print(cut, file=sys.stderr)
         print(f"resuming the run in {self.out} at step {self.step}", file=sys.stderr)
 
+    def on_host(self):  # the weights and moments in the NumPy arrays, where the JAX backend moved them
+        if self.jax_step is not None:
+            self.jax_step.host()
+
     def write_log(self):
         with self.writing(f"to write {LOG}"), open(f"{self.log_path}.partial", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
@@ -721,10 +741,15 @@ class TrainingRun:
 
     def log(self, record):
         """A record appended to the log, in one write: a crash or a full disk can tear only the last line."""
+        if not self.writes:
+            return
         with self.writing(f"to write {LOG}"), open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def save(self):
+        if not self.writes:
+            return
+        self.on_host()
         state = {"step": self.step, "rng": self.rng.bit_generator.state, "elapsed": self.elapsed}
         state["options"] = recorded_options(self.options)
         needed, what = save_size(self.trained), f"to save the run at step {self.step}"
@@ -761,9 +786,12 @@ class TrainingRun:
             self.step + 1, o.learning_rate, o.warmup_steps, o.lr_schedule, o.steps, o.min_lr
         )
         micro_batches = [self.micro_batch() for _ in range(o.grad_accum)]
-        loss, grads = accumulated_grads(self.params, micro_batches, self.n_head, **self.lora)
-        clip_gradients(grads, o.grad_clip)
-        self.optimizer.step(self.trained, grads, learning_rate)
+        if self.jax_step is None:
+            loss, grads = accumulated_grads(self.params, micro_batches, self.n_head, **self.lora)
+            clip_gradients(grads, o.grad_clip)
+            self.optimizer.step(self.trained, grads, learning_rate)
+        else:
+            loss = self.jax_step(micro_batches, learning_rate)
         self.step += 1
         seconds = time.perf_counter() - start
         self.elapsed += seconds
@@ -771,6 +799,7 @@ class TrainingRun:
         record = {"step": self.step, "train_loss": loss, "learning_rate": learning_rate}
         record.update({"tokens_per_second": tokens / seconds, "elapsed": self.elapsed})
         if self.step % o.eval_every == 0 or self.step == o.steps:
+            self.on_host()
             record["val_loss"] = held_out_loss(self.model(), self.val_batches, self.n_head)
         self.records.append(record)
         self.log(record)
@@ -785,15 +814,18 @@ class TrainingRun:
         o, stop = self.options, []
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {s: signal.signal(s, lambda signum, frame: stop.append(stopping(signum))) for s in signals}
-        bar = tqdm(total=o.steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=o.steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True, disable=not self.writes
+        )
         try:
             while self.step < o.steps and not stop:
                 record = self.train_step()
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tokens_per_s=f"{record['tokens_per_second']:.0f}")
                 bar.update(1)
-                if "val_loss" in record:
+                if "val_loss" in record and self.writes:
                     bar.write(f"step {self.step}: held-out loss {record['val_loss']:.4f}", file=sys.stderr)
-                if o.sample_every and self.step % o.sample_every == 0:
+                if o.sample_every and self.step % o.sample_every == 0 and self.writes:
+                    self.on_host()
                     bar.write(self.sample(), file=sys.stderr)
                 if self.step % o.save_every == 0 or self.step == o.steps or stop:
                     self.save()
@@ -804,10 +836,12 @@ class TrainingRun:
         if stop:
             print(f"stopped at step {self.step}; saved in {self.out}: the same command resumes", file=sys.stderr)
             raise SystemExit(128 + stop[0])
-        print(
-            f"done: {plural(self.step, 'step')}, saved in {self.out}; python gpt2.py PROMPT --model {self.out}",
-            file=sys.stderr,
-        )
+        if self.writes:
+            print(
+                f"done: {plural(self.step, 'step')}, saved in {self.out}; python gpt2.py PROMPT --model {self.out}",
+                file=sys.stderr,
+            )
+        self.on_host()
         return self.model()
 
 
@@ -849,6 +883,11 @@ def make_parser():
     add("--sample_every", type=whole, default=100, help="a short sample every N steps, 0 for none (default: %(default)s)")
     add("--save_every", type=whole, default=100, help="save every N steps, and at the end (default: %(default)s)")
     add("--seed", type=whole, default=1, help="the random windows' seed (default: %(default)s)")
+    add("--backend", choices=["numpy", "jax"], default="numpy", help="numpy: train.py's backward pass, on this CPU; jax: the same step by jax.grad in one jax.jit, on every GPU, TPU or CPU device JAX sees, of one machine or many (pip install jax, or jax[cuda12] for NVIDIA GPUs) (default: %(default)s)")
+    add("--precision", choices=list(PRECISIONS), default="float32", help="with --backend jax: bf16 matrix products, the weights and optimizer state staying float32, for speed on GPUs and TPUs (default: %(default)s)")
+    add("--coordinator", help="with --backend jax, a run of several processes (one per machine or GPU): HOST:PORT where process 0 listens, the same for every process (default: none; on SLURM and Cloud TPU, JAX finds the processes itself)")
+    add("--num_processes", type=whole, help="with --coordinator: how many processes the run has")
+    add("--process_id", type=whole, help="with --coordinator: this process's number, from 0 (which writes the run folder) to --num_processes - 1")
     add("--fresh", action="store_true", help="start over in a run folder that holds a run, which is first moved aside to OUT.previous-N (nothing is deleted)")
     # fmt: on
     n_batch, block_size = parser.get_default("batch_size"), parser.get_default("block_size")
@@ -870,6 +909,7 @@ def parse_arguments(args):
         checked(check_whole_number, name, getattr(options, name), low)
     check_shape_flags(options)
     check_lora_flags(options)
+    check_backend_flags(options)
     if options.learning_rate is None:
         options.learning_rate = (
             SCRATCH["learning_rate"] if options.from_scratch else LORA_LR if options.lora_rank else FINE_TUNING_LR
@@ -911,6 +951,46 @@ def check_shape_flags(options):
         raise UsageError(f"--n_embd {options.n_embd} is not a multiple of --n_head {options.n_head}")
     if options.n_ctx < options.block_size:
         raise UsageError(f"--n_ctx {options.n_ctx} is shorter than --block_size {options.block_size}")
+
+
+PRECISIONS = ("float32", "bf16")
+PROCESS_FLAGS = ("coordinator", "num_processes", "process_id")
+
+
+def check_backend_flags(options):
+    """--backend jax's options: --precision, and a run of several processes."""
+    given = [name for name in PROCESS_FLAGS if getattr(options, name) is not None]
+    if options.backend != "jax":
+        given = (["precision"] if options.precision != "float32" else []) + given
+        if given:
+            raise UsageError(f"--{given[0]} is for --backend jax")
+        return
+    if options.coordinator is None:
+        if given:
+            raise UsageError(f"--{given[0]} is for a run of several processes: give --coordinator HOST:PORT too")
+        return
+    host, _, port = options.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator must be HOST:PORT, such as 10.0.0.1:1234, not {options.coordinator!r}")
+    if len(given) < len(PROCESS_FLAGS):
+        raise UsageError("--coordinator needs --num_processes N and --process_id I (0 to N - 1) too")
+    checked(check_whole_number, "num_processes", options.num_processes, 1)
+    checked(check_whole_number, "process_id", options.process_id, 0, options.num_processes - 1)
+
+
+def start_jax(options):
+    """--backend jax: JAX imported and the run's processes joined, before any work; this process's
+    index. A micro-batch that the devices cannot share evenly is refused."""
+    import train_jax  # without JAX: what to install, in one line
+
+    n_devices, n_processes, index = train_jax.start(options.coordinator, options.num_processes, options.process_id)
+    if options.batch_size % n_devices:
+        where = f" of {n_processes} processes" if n_processes > 1 else ""
+        raise UsageError(
+            f"--batch_size {options.batch_size} does not divide among the {n_devices} devices{where} that JAX sees: "
+            f"give a multiple of {n_devices}"
+        )
+    return index
 
 
 def lora_targets(text):  # --lora_targets: "c_attn,c_fc" -> ["c_attn", "c_fc"]

@@ -39,6 +39,7 @@ LONG_WORD_LETTERS = 40_000  # a word as a hostile client may send: BPE's cost gr
 LOAD_REPEATS, FIRST_LOADS = 5, 3  # later loads are quick: more of them
 SERVE_CLIENTS, SERVE_TOKENS, SERVE_ROUNDS = 8, 64, 3
 TRAIN_BATCH, TRAIN_SEQ, TRAIN_ROUNDS = 4, 256, 3
+LORA_ROUNDS = 5  # LoRA's two ratios are close to their targets: two more rounds against the noise
 # From scratch: nanoGPT's CPU recipe for its character-level Shakespeare (batch 12 of 64 bytes)
 SCRATCH_HPARAMS = {"n_vocab": 257, "n_ctx": 64, "n_embd": 128, "n_head": 4, "n_layer": 4}
 SCRATCH_BATCH, SCRATCH_STEPS, SCRATCH_ROUNDS = 12, 20, 5
@@ -668,7 +669,7 @@ def report_train(rows, n_params, tokens, peak_megabytes):
     print(f"  peak RSS of two steps in a fresh process: {peak_megabytes:.0f} MB")
 
 
-def measure_lora_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ, rank=8):
+def measure_lora_train(params, n_head, rounds=LORA_ROUNDS, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ, rank=8):
     """Seconds of one LoRA step (rank 8 on c_attn, clipping, AdamW on the adapters; the base read where
     it was loaded) on n_batch x n_seq tokens of the 124M shape, in the same rounds as the full
     fine-tuning step of train.py and PEFT's on HuggingFace's model (the same adapters, torch.optim.AdamW)."""
