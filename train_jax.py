@@ -51,14 +51,17 @@ def start(coordinator=None, num_processes=None, process_id=None):
     (devices, processes, this process's index)."""
     if coordinator is not None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPUs' collectives across processes
-        # JAX ends a process that waited too long for the others with a crash report: this watchdog
-        # ends it first, in one line (nothing has been written yet)
-        message = (
-            f"error: the run's {num_processes} processes did not all join through {coordinator} within "
-            f"{INITIALIZATION_SECONDS} s: start each (--process_id 0 to {num_processes - 1}) with process 0's "
-            "address as --coordinator"
-        )
-        watchdog = threading.Timer(INITIALIZATION_SECONDS, lambda: (print(message, file=sys.stderr), os._exit(1)))
+
+        def give_up():  # JAX ends a process that waited too long with a crash report: one line instead
+            print(
+                f"error: the run's {num_processes} processes did not all join through {coordinator} within "
+                f"{INITIALIZATION_SECONDS} s: start each (--process_id 0 to {num_processes - 1}) with process 0's "
+                "address as --coordinator",
+                file=sys.stderr,
+            )
+            os._exit(1)  # from this thread, before anything is written
+
+        watchdog = threading.Timer(INITIALIZATION_SECONDS, give_up)
         watchdog.start()
         try:
             jax.distributed.initialize(
@@ -72,6 +75,11 @@ def start(coordinator=None, num_processes=None, process_id=None):
         except ValueError:  # not on a cluster that JAX knows: this process alone
             pass
     return jax.device_count(), jax.process_count(), jax.process_index()
+
+
+def devices():  # what the run computes on, for people: "8 x cpu", "2 processes x 8 x NVIDIA H100 80GB HBM3"
+    processes = f"{jax.process_count()} processes x " if jax.process_count() > 1 else ""
+    return f"{processes}{jax.local_device_count()} x {jax.local_devices()[0].device_kind}"
 
 
 def to_devices(tree, sharding):  # host arrays -> arrays on the devices, as sharding places them

@@ -590,46 +590,101 @@ def measure_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=TRAIN_BATCH, n_se
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
             torch_optimizer.step()
 
-    jax_loss_and_grads = jax_value_and_grad(params, batch, n_head)
+    jax_step, jax_devices = jax_train_step(params, batch, n_head)
     a, b = np.ones((2048, 768), np.float32), np.ones((768, 3072), np.float32)
     rows = []
     for _ in range(rounds):
         row = {"ours": seconds(ours), "matmul_flops": 2 * 2048 * 768 * 3072 / median_seconds(a.__matmul__, 5, b)}
         if torch_step is not None:
             row["torch"] = seconds(torch_step)
-        if jax_loss_and_grads is not None:
-            row["jax"] = seconds(jax_loss_and_grads)
+        if jax_step is not None:
+            row["jax"] = seconds(jax_step)
         rows.append(row)
     n_params = sum(array.size for _, array in train.leaves(params))
-    return rows, n_params, n_batch * n_seq
+    return rows, n_params, n_batch * n_seq, jax_devices
 
 
-def jax_value_and_grad(params, batch, n_head):
-    """A call that computes the mean loss of the batch and its gradients with JAX: jax.jit(jax.value_and_grad)
-    of gpt2.lm_loss, from a second copy of gpt2.py whose functions find jax.numpy as `np` (the tutorial's
-    "What next"), compiled before it is returned. None without JAX."""
+def jax_train_step(params, batch, n_head, learning_rate=1e-4):
+    """train.py --backend jax's step (train_jax.Step: gpt2.py's loss and its gradients by JAX, clipping
+    and AdamW, one jax.jit over every device) on a copy of the weights, compiled before it is returned,
+    and the devices it runs on; (None, None) without JAX."""
     try:
-        import jax
+        import train_jax
     except ImportError:
-        return None
-    import importlib.util
+        return None, None
+    import train
 
-    spec = importlib.util.spec_from_file_location("gpt2_on_jax", os.path.join(REPO_DIR, "gpt2.py"))
-    gpt2_on_jax = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpt2_on_jax)
-    gpt2_on_jax.np = jax.numpy
+    trained = train.trainable(params)
+    optimizer = train.AdamW(trained, beta1=0.9, beta2=0.95, weight_decay=0.1)
+    step = functools.partial(train_jax.Step(None, trained, optimizer, n_head, 1.0), [(batch, None)], learning_rate)
+    step()
+    return step, train_jax.devices()
 
-    def mean_loss(params, batch):
-        return jax.vmap(lambda ids: gpt2_on_jax.lm_loss(params, ids, n_head))(batch).mean()
 
-    value_and_grad = jax.jit(jax.value_and_grad(mean_loss))
-    params, batch = jax.device_put(params), jax.numpy.asarray(batch)
+# Dense peaks of NVIDIA's datasheets, float32 and bf16 FLOP/s: the model FLOPs utilisation's denominator
+GPU_PEAKS = {"H100": (67e12, 989e12), "A100": (19.5e12, 312e12), "RTX 4090": (82.6e12, 165e12),
+             "L4": (30.3e12, 121e12), "A10": (31.2e12, 125e12)}  # fmt: skip
+GPU_BATCH, GPU_SEQ = 8, 1024
 
-    def call():
-        jax.block_until_ready(value_and_grad(params, batch))
 
-    call()
-    return call
+def measure_gpu_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=GPU_BATCH, n_seq=GPU_SEQ):
+    """On a GPU: seconds of train.py --backend jax's step at n_batch x n_seq tokens of the 124M shape, in
+    float32 and bf16 products, and PyTorch's on the same GPU (GPT2LMHeadModel, AdamW(fused=True); float32
+    without TF32, bf16 by autocast), alternating."""
+    import numpy as np
+
+    import train
+    import train_jax
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    batch = np.random.RandomState(3).randint(0, len(params["wte"]), (n_batch, n_seq + 1))
+    steps = {}
+    for precision in train_jax.MATMUL_PRECISION:
+        trained = train.trainable(params)
+        optimizer = train.AdamW(trained, beta1=0.9, beta2=0.95, weight_decay=0.1)
+        step = train_jax.Step(None, trained, optimizer, n_head, 1.0, precision=precision)
+        steps[f"jax {precision}"] = functools.partial(step, [(batch, None)], 1e-4)
+    if torch is not None and torch.cuda.is_available() and hf_model_124M() is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        hf = hf_model_124M().cuda().train()
+        torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        ids = torch.tensor(batch).cuda()
+
+        def torch_step(dtype):
+            torch_optimizer.zero_grad()
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                loss = hf(ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            torch_optimizer.step()
+            torch.cuda.synchronize()
+
+        steps["torch float32"] = functools.partial(torch_step, None)
+        steps["torch bf16"] = functools.partial(torch_step, torch.bfloat16)
+    for step in steps.values():
+        step()  # compiled, warmed up
+    rows = [{name: seconds(step) for name, step in steps.items()} for _ in range(rounds)]
+    n_params = sum(array.size for _, array in train.leaves(params))
+    return rows, n_params, n_batch * n_seq, train_jax.devices()
+
+
+def report_gpu_train(measured):
+    rows, n_params, tokens, devices = measured
+    median = functools.partial(median_of, rows)
+    peaks = next((peak for name, peak in GPU_PEAKS.items() if name in devices), None)
+    print(f"training step on {devices}, 124M shape, {tokens} tokens ({GPU_BATCH} x {GPU_SEQ}), medians of {len(rows)}:")
+    for i, precision in enumerate(("float32", "bf16")):
+        tokens_per_second = tokens / median(f"jax {precision}")
+        line = f"  train.py --backend jax --precision {precision}: {tokens_per_second:.0f} tokens/s"
+        if peaks:
+            line += f", MFU {6 * n_params * tokens_per_second / peaks[i]:.0%}"
+        if f"torch {precision}" in rows[0]:
+            line += f"; PyTorch {tokens / median(f'torch {precision}'):.0f} tokens/s, train.py is "
+            line += f"{median(f'torch {precision}', f'jax {precision}'):.2f}x"
+        print(line)
 
 
 def peak_training_rss(models_dir, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ):
@@ -646,7 +701,7 @@ def peak_training_rss(models_dir, n_batch=TRAIN_BATCH, n_seq=TRAIN_SEQ):
     return peak_rss_megabytes("-c", code)
 
 
-def report_train(rows, n_params, tokens, peak_megabytes):
+def report_train(rows, n_params, tokens, jax_devices, peak_megabytes):
     median = functools.partial(median_of, rows)
 
     bound = median("matmul_flops") / (6 * n_params)
@@ -663,8 +718,8 @@ def report_train(rows, n_params, tokens, peak_megabytes):
         )
     if "jax" in rows[0]:
         print(
-            f"  JAX (jit of value_and_grad(lm_loss), no optimizer): {median('jax'):.2f} s, "
-            f"{tokens / median('jax'):.0f} tokens/s; train.py's whole step is {median('jax', 'ours'):.2f}x"
+            f"  train.py --backend jax (on {jax_devices}): {median('jax'):.2f} s, {tokens / median('jax'):.0f} "
+            f"tokens/s; the NumPy backend is {median('jax', 'ours'):.2f}x"
         )
     print(f"  peak RSS of two steps in a fresh process: {peak_megabytes:.0f} MB")
 
@@ -924,8 +979,10 @@ def main():
             make_random_model(models_dir)
             report_serving(measure_serving(models_dir))
         if args.only in (None, "train"):
-            rows, n_params, tokens = measure_train(params, hparams["n_head"])
-            report_train(rows, n_params, tokens, peak_training_rss(models_dir))
+            rows, n_params, tokens, jax_devices = measure_train(params, hparams["n_head"])
+            report_train(rows, n_params, tokens, jax_devices, peak_training_rss(models_dir))
+            if jax_devices is not None and "cpu" not in jax_devices:
+                report_gpu_train(measure_gpu_train(params, hparams["n_head"]))
         if args.only in (None, "lora"):
             report_lora_train(*measure_lora_train(params, hparams["n_head"]))
             report_lora_memory(measure_lora_memory(models_dir))
