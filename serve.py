@@ -101,12 +101,39 @@ def text(name, value):
     return value
 
 
-def prompts(name, value):
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+def token_ids(value):  # a prompt given as token ids, as OpenAI's API takes them, or None
+    if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        if not all(0 <= i < N_VOCAB for i in value):
+            raise BadRequest(f"a prompt's token ids must be from 0 to {N_VOCAB - 1}", "prompt")
         return value
-    raise BadRequest("prompt must be a string or a non-empty list of strings", name)
+    return None
+
+
+def prompts(name, value):  # -> a list of prompts, each a string or a list of token ids
+    if isinstance(value, str) or (value and token_ids(value) is not None):
+        return [value]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, str) or token_ids(item) is not None for item in value)
+    ):
+        return value
+    raise BadRequest("prompt must be a string, a list of token ids, or a non-empty list of either", name)
+
+
+def neutral(*values_that_change_nothing):
+    """A field of OpenAI's request that the server does not compute: taken at a value that changes
+    nothing (LangChain sends frequency_penalty 0 and the like), refused at any other, with the reason."""
+
+    def check(name, value):
+        if value not in values_that_change_nothing:
+            raise BadRequest(
+                f"{name} {json.dumps(value)} is not computed by this server: only {json.dumps(values_that_change_nothing[0])}",
+                name,
+            )
+        return value
+
+    return check
 
 
 def stops(name, value):
@@ -136,6 +163,12 @@ COMPLETION_FIELDS = {
     "stop": (stops, []),
     "seed": (optional(whole(0, 2**63 - 1)), None),
     "user": (text, None),
+    "frequency_penalty": (neutral(0), 0),
+    "presence_penalty": (neutral(0), 0),
+    "best_of": (neutral(1), 1),
+    "logit_bias": (neutral({}), {}),
+    "suffix": (neutral(""), ""),
+    "stream_options": (neutral({"include_usage": False}, {}), None),
 }
 
 
@@ -149,10 +182,10 @@ def read_completion_request(body, model_name):
     """The request's options, checked, with their defaults."""
     refuse_unknown(body, COMPLETION_FIELDS)
     for required in ("model", "prompt"):
-        if required not in body:
+        if body.get(required) is None:
             raise BadRequest(f"you must provide a {required} parameter", required)
-    options = {
-        name: check(name, body[name]) if name in body else default
+    options = {  # null, as in OpenAI's API, is the default
+        name: default if body.get(name) is None else check(name, body[name])
         for name, (check, default) in COMPLETION_FIELDS.items()
     }
     if options["model"] != model_name:
@@ -384,7 +417,9 @@ class Completion:
         n_ctx, n_vocab = len(params["wpe"]), len(params["wte"])
         if options["top_k"] > n_vocab:  # the request's check allows any GPT-2's vocabulary
             raise BadRequest(f"top_k must be a whole number from 0 to {n_vocab}, not {options['top_k']}", "top_k")
-        self.prompt_texts, self.prompt_ids = options["prompt"], [encode(p, encoder, n_ctx) for p in options["prompt"]]
+        given = options["prompt"]
+        self.prompt_ids = [encode(p, encoder, n_ctx) if isinstance(p, str) else p for p in given]
+        self.prompt_texts = [p if isinstance(p, str) else encoder.decode(p) for p in given]
         for ids in self.prompt_ids:
             if len(ids) + options["max_tokens"] > n_ctx:
                 raise BadRequest(
@@ -523,29 +558,112 @@ def tokens_of(prompt, encoder, most_tokens):
     return [{"id": i, "text": encoder.decode([i])} for i in encode(prompt, encoder, most_tokens)]
 
 
-def attention_view(body, encoder, params, n_head):
-    """The attention weights of one head of one layer for a prompt: its tokens and a [n][n] matrix
-    (row: a query, the position that looks; column: a key, the position looked at)."""
-    refuse_unknown(body, ("prompt", "layer", "head"))
-    prompt = text("prompt", body.get("prompt"))
-    layer = whole(0, len(params["blocks"]) - 1)("layer", body.get("layer", 0))
-    head = whole(0, n_head - 1)("head", body.get("head", 0))
-    most = min(ATTENTION_MAX_TOKENS, len(params["wpe"]))
-    tokens = tokens_of(prompt, encoder, most)
-    ids = [token["id"] for token in tokens]
-    if not 1 <= len(ids) <= most:
-        raise BadRequest(f"the attention view takes a prompt of 1 to {most} tokens, not {len(ids)}", "prompt")
-    # The forward pass with gpt2.py's functions up to the chosen block, and that block's attention
-    # weights as mha computes them.
+def inside(ids, params, n_head, ablate=()):  # ids [n_seq] -> streams [n_layer][n_seq, n_embd], weights
+    """gpt2()'s forward pass block by block, as transformer_block and mha compute it, keeping what the
+    page shows: the residual stream after each block, and every head's attention weights
+    [n_layer][n_head, n_seq, n_seq]. The heads in ablate, (layer, head) pairs, are switched off: their
+    outputs are zeroed before the attention's output projection, so nothing of theirs reaches the stream."""
     n_seq = len(ids)
     mask = gpt2.causal_mask(n_seq, n_seq)
-    x = params["wte"][ids] + params["wpe"][:n_seq]
-    for block in params["blocks"][:layer]:
-        x = gpt2.transformer_block(x, **block, n_head=n_head, mask=mask)
-    block = params["blocks"][layer]
-    q, k, _ = gpt2.split_qkv(gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **block["attn"]["c_attn"]), n_head)
-    weights = gpt2.attention_weights(q[head], k[head], mask)  # [n_seq, n_seq]
-    return {"tokens": tokens, "layer": layer, "head": head, "weights": np.round(weights.astype(float), 4).tolist()}
+    x = params["wte"][ids] + params["wpe"][:n_seq]  # [n_seq, n_embd]
+    streams, weights = [], []
+    for layer, block in enumerate(params["blocks"]):
+        attn = block["attn"]
+        q, k, v = gpt2.split_qkv(gpt2.linear(gpt2.layer_norm(x, **block["ln_1"]), **attn["c_attn"]), n_head)
+        weights.append(gpt2.attention_weights(q, k, mask))  # [n_head, n_seq, n_seq]
+        heads = weights[-1] @ v  # [n_head, n_seq, d]: each head's output, before they are merged
+        heads[[head for off_layer, head in ablate if off_layer == layer]] = 0.0
+        x = x + gpt2.linear(gpt2.merge_heads(heads), **attn["c_proj"])
+        x = x + gpt2.ffn(gpt2.layer_norm(x, **block["ln_2"]), **block["mlp"])
+        streams.append(x)
+    return streams, weights
+
+
+def view_prompt(body, encoder, params):
+    """The tokens of a request's prompt for the page's views: 1 to the page's limit of them."""
+    prompt = text("prompt", body.get("prompt"))
+    most = min(ATTENTION_MAX_TOKENS, len(params["wpe"]))
+    tokens = tokens_of(prompt, encoder, most)
+    if not 1 <= len(tokens) <= most:
+        raise BadRequest(f"the page's views take a prompt of 1 to {most} tokens, not {len(tokens)}", "prompt")
+    return tokens
+
+
+def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a set of (layer, head)
+    ablate = body.get("ablate", [])
+    n_layer = len(params["blocks"])
+    if not isinstance(ablate, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in ablate):
+        raise BadRequest("ablate must be a list of [layer, head] pairs", "ablate")
+    return {
+        (whole(0, n_layer - 1)("ablate's layer", layer), whole(0, n_head - 1)("ablate's head", head))
+        for layer, head in ablate
+    }
+
+
+def top_entries(encoder, logprobs, n_top):  # [n_vocab] -> the n_top most likely, most likely first
+    top = sorted(np.argpartition(-logprobs, n_top - 1)[:n_top], key=lambda i: -logprobs[i])
+    return [{"token": token_text(encoder, int(i)), "id": int(i), "logprob": float(logprobs[i])} for i in top]
+
+
+def lens_view(body, encoder, params, n_head):
+    """The logit lens: at each block's output and each position, what the model would predict if it
+    stopped there (the final layer norm and the tied output layer applied to the stream); the last
+    block's is the model's own prediction."""
+    refuse_unknown(body, ("prompt", "top", "ablate"))
+    tokens = view_prompt(body, encoder, params)
+    n_top = whole(1, MAX_LOGPROBS)("top", body.get("top", MAX_LOGPROBS))
+    streams, _ = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
+    layers = []
+    for x in streams:
+        logprobs = gpt2.log_softmax(gpt2.layer_norm(x, **params["ln_f"]) @ params["wte"].T)  # [n_seq, n_vocab]
+        layers.append([top_entries(encoder, row, n_top) for row in logprobs])
+    return {"tokens": tokens, "layers": layers}
+
+
+MAX_NEXT_TOKENS = 100  # the next-token bars
+
+
+def next_view(body, encoder, params, n_head):
+    """The next token: the model's log-probabilities of the n most likely, and the probability each has
+    under the sampling filters (gpt2.py's, as generation applies them; 0 where filtered out)."""
+    refuse_unknown(body, ("prompt", "temperature", "top_k", "top_p", "ablate", "top"))
+    tokens = view_prompt(body, encoder, params)
+    temperature = number(0, gpt2.MAX_TEMPERATURE)("temperature", body.get("temperature", 1.0))
+    top_k = whole(0, len(params["wte"]))("top_k", body.get("top_k", 0))
+    top_p = number(0, 1, low_open=True)("top_p", body.get("top_p", 1.0))
+    n_top = whole(1, MAX_NEXT_TOKENS)("top", body.get("top", 10))
+    streams, _ = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
+    logits = gpt2.layer_norm(streams[-1][-1], **params["ln_f"]) @ params["wte"].T  # [n_vocab]
+    if temperature == 0:  # greedy: the most likely token, always
+        sampled = np.zeros(len(logits))
+        sampled[np.argmax(logits)] = 1.0
+    else:
+        sampled = gpt2.softmax(gpt2.filter_logits(logits, temperature, top_k, top_p))
+    entries = top_entries(encoder, gpt2.log_softmax(logits[None])[0], n_top)
+    return {"tokens": [{**entry, "sampled_prob": float(sampled[entry["id"]])} for entry in entries]}
+
+
+def attention_view(body, encoder, params, n_head):
+    """The attention weights of one head of one layer for a prompt, or ("layer": "all") of every head:
+    its tokens and [n][n] matrices (row: a query, the position that looks; column: a key, the position
+    looked at), with the heads in "ablate" switched off."""
+    refuse_unknown(body, ("prompt", "layer", "head", "ablate"))
+    n_layer = len(params["blocks"])
+    every = body.get("layer") == "all"
+    layer = None if every else whole(0, n_layer - 1)("layer", body.get("layer", 0))
+    head = None if every else whole(0, n_head - 1)("head", body.get("head", 0))
+    if every and "head" in body:
+        raise BadRequest('"layer": "all" answers every head: no "head" with it', "head")
+    tokens = view_prompt(body, encoder, params)
+    _, weights = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
+    if every:
+        return {"tokens": tokens, "layer": "all", "weights": np.round(np.stack(weights).astype(float), 4).tolist()}
+    return {
+        "tokens": tokens,
+        "layer": layer,
+        "head": head,
+        "weights": np.round(weights[layer][head].astype(float), 4).tolist(),
+    }
 
 
 # The HTTP server.
@@ -602,8 +720,9 @@ class Handler(BaseHTTPRequestHandler):
                 refuse_unknown(body, ("prompt",))
                 prompt = text("prompt", body.get("prompt"))
                 return self.send_json(200, {"tokens": tokens_of(prompt, app.encoder, len(app.params["wpe"]))})
-            if self.path == "/v1/attention":
-                return self.send_json(200, attention_view(body, app.encoder, app.params, app.n_head))
+            views = {"/v1/attention": attention_view, "/v1/lens": lens_view, "/v1/next": next_view}
+            if self.path in views:
+                return self.send_json(200, views[self.path](body, app.encoder, app.params, app.n_head))
             self.send_error_json(404, f"no such endpoint: POST {self.path}", code="not_found")
         except BadRequest as e:
             self.send_error_json(400, str(e), e.param, e.code)

@@ -58,9 +58,8 @@ from utils import (
     nest,
 )
 
-# Options that change nothing the run computes, and the run folder itself (which may have moved): a
-# resumed run may be given other ones
-# what a resumed run may be given otherwise: among them the backend and its devices and processes
+# Options that change nothing the run computes, the run folder itself (which may have moved), and where
+# the steps are computed (the backend, its precision, its processes): a resumed run may be given other ones
 FREE_TO_CHANGE = ("fresh", "steps", "models_dir", "eval_every", "sample_every", "save_every", "out")
 FREE_TO_CHANGE += ("backend", "precision", "coordinator", "num_processes", "process_id")
 
@@ -182,8 +181,6 @@ def tokenize(documents, encoder, cache_dir):
         synced(f)
     os.replace(partial, path)
     return ids
-
-    return True
 
 
 def random_windows(ids, rng, n_batch, block_size):  # -> [n_batch, block_size + 1]

@@ -67,7 +67,10 @@ def remove_leftovers(directory, of=None):
         name, _, pid = entry.removesuffix(".partial").rpartition(".")
         if entry.endswith(".partial") and pid.isdigit() and of in (None, name) and not process_alive(int(pid)):
             path = os.path.join(directory, entry)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
 def process_alive(pid):

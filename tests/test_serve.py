@@ -62,6 +62,40 @@ def test_greedy_completion_equals_the_command_line(client, capsys, small_models_
     assert completion.usage.prompt_tokens == 10 and completion.usage.completion_tokens == 12
 
 
+def test_every_neutral_field_of_openais_request_is_taken(client, capsys, small_models_dir):
+    """The fields the server does not compute, each at the value that changes nothing, and
+    max_tokens null, which OpenAI reads as its default of 16."""
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {}, "suffix": ""}
+    completion = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=None, temperature=0, top_p=1, n=1, logprobs=None, echo=False,
+        stop=None, seed=None, user="a learner", stream=False, **neutral,
+    )  # fmt: skip
+    assert completion.choices[0].text == command_line_text(capsys, small_models_dir, "-n", "16")
+    assert completion.usage.completion_tokens == 16
+
+
+def test_token_id_prompts_give_the_texts_of_the_same_prompts(client):
+    from helpers import PROMPT_IDS
+
+    as_text = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text
+    as_ids = client.completions.create(model=MODEL, prompt=PROMPT_IDS, max_tokens=8, temperature=0)
+    assert as_ids.choices[0].text == as_text and as_ids.usage.prompt_tokens == len(PROMPT_IDS)
+    both = client.completions.create(model=MODEL, prompt=[PROMPT_IDS, PROMPT_IDS[:3]], max_tokens=8, temperature=0)
+    assert both.choices[0].text == as_text and len(both.choices) == 2
+    echoed = client.completions.create(model=MODEL, prompt=PROMPT_IDS, max_tokens=1, temperature=0, echo=True)
+    assert echoed.choices[0].text.startswith(PROMPT)
+
+
+def test_langchains_openai_class_gets_the_command_lines_text(server, capsys, small_models_dir):
+    langchain_openai = pytest.importorskip("langchain_openai")
+
+    llm = langchain_openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key="none", model=MODEL, temperature=0, max_tokens=12, max_retries=0
+    )
+    assert llm.invoke(PROMPT) == command_line_text(capsys, small_models_dir, "-n", "12")
+    assert "".join(llm.stream(PROMPT)) == command_line_text(capsys, small_models_dir, "-n", "12")
+
+
 def test_sampled_completions_equal_the_command_lines_with_the_same_seed(client, capsys, small_models_dir):
     options = {"temperature": 0.9, "top_p": 0.95, "seed": 7}
     one = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **options, extra_body={"top_k": 40})
@@ -182,8 +216,12 @@ def test_several_prompts_in_one_request_and_many_clients_at_once(client):
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be a non-empty string or a list of at most 4 of them"),
         ({"max_tokens": 60}, "maximum context length is 64 tokens, however you requested 70 tokens"),
         ({"model": "gpt-4"}, "the model `gpt-4` is not served here: this server has `124M`"),
-        ({"prompt": [1, 2]}, "prompt must be a string or a non-empty list of strings"),
-        ({"extra_body": {"frequency_penalty": 0.5}}, "Unrecognized request argument supplied: frequency_penalty"),
+        ({"prompt": [1, "a"]}, "prompt must be a string, a list of token ids, or a non-empty list of either"),
+        ({"prompt": [50257]}, "a prompt's token ids must be from 0 to 50256"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty 0.5 is not computed by this server: only 0"),
+        ({"best_of": 2}, "best_of 2 is not computed by this server: only 1"),
+        ({"logit_bias": {"50256": -100}}, 'logit_bias {"50256": -100} is not computed by this server: only {}'),
+        ({"extra_body": {"repetition_penalty": 1.2}}, "Unrecognized request argument supplied: repetition_penalty"),
         ({"extra_body": {"top_k": -1}}, "top_k must be a whole number from 0 to 50257, not -1"),
         ({"seed": "1"}, 'seed must be a whole number from 0 to 9223372036854775807, not "1"'),
     ],
@@ -266,7 +304,121 @@ def test_attention_weights_are_huggingfaces(server, hf_small, encoder):
     status, answer = post(f"{server.url}/v1/attention", json.dumps({"prompt": PROMPT, "layer": 2}).encode())
     assert status == 400 and "layer must be a whole number from 0 to 1, not 2" in answer["error"]["message"]
     status, answer = post(f"{server.url}/v1/attention", json.dumps({"prompt": "a" + " a" * 64}).encode())
-    assert status == 400 and "the attention view takes a prompt of 1 to 64 tokens, not 65" in answer["error"]["message"]
+    assert status == 400 and "the page's views take a prompt of 1 to 64 tokens, not 65" in answer["error"]["message"]
+
+
+def hf_inside(hf_small, ids, ablate=()):
+    """HuggingFace's model on ids, with the heads in ablate switched off (their slices zeroed at the input
+    of the attention's c_proj, by a forward pre-hook): its outputs, with hidden states and attentions."""
+    import torch
+
+    d = SMALL_HPARAMS["n_embd"] // SMALL_HPARAMS["n_head"]
+
+    def zero(heads):
+        def hook(module, args):
+            x = args[0].clone()
+            for head in heads:
+                x[..., head * d : (head + 1) * d] = 0.0
+            return (x,)
+
+        return hook
+
+    layers = {layer for layer, _ in ablate}
+    hooks = [
+        hf_small.transformer.h[layer].attn.c_proj.register_forward_pre_hook(
+            zero([h for on, h in ablate if on == layer])
+        )
+        for layer in layers
+    ]
+    implementation, hf_small.config._attn_implementation = hf_small.config._attn_implementation, "eager"
+    try:  # eager: the implementation that returns its weights
+        with torch.no_grad():
+            return hf_small(torch.tensor([ids]), output_attentions=True, output_hidden_states=True)
+    finally:
+        hf_small.config._attn_implementation = implementation
+        for hook in hooks:
+            hook.remove()
+
+
+def test_the_logit_lens_is_huggingfaces_at_every_layer_and_position(server, hf_small, encoder):
+    import torch
+
+    ids = encoder.encode(PROMPT)
+    out = hf_inside(hf_small, ids)
+    with torch.no_grad():  # after each block but the last, ln_f and the tied head; the last is the model's own
+        expected = [
+            torch.log_softmax(hf_small.lm_head(hf_small.transformer.ln_f(h)), -1) for h in out.hidden_states[1:-1]
+        ]
+    expected = [e[0].numpy() for e in expected] + [torch.log_softmax(out.logits, -1)[0].numpy()]
+    status, answer = post(f"{server.url}/v1/lens", json.dumps({"prompt": PROMPT, "top": 3}).encode())
+    assert status == 200 and [t["id"] for t in answer["tokens"]] == ids
+    assert len(answer["layers"]) == SMALL_HPARAMS["n_layer"] and all(
+        len(layer) == len(ids) for layer in answer["layers"]
+    )
+    for ours, theirs in zip(answer["layers"], expected):
+        for entries, row in zip(ours, theirs):
+            assert [e["id"] for e in entries] == list(np.argsort(-row)[:3])
+            np.testing.assert_allclose([e["logprob"] for e in entries], row[[e["id"] for e in entries]], atol=1e-4)
+
+
+def test_every_head_at_once_and_heads_switched_off_are_huggingfaces(server, hf_small, encoder):
+    import torch
+
+    ids, ablate = encoder.encode(PROMPT), [[0, 1], [0, 2]]
+    for off in ([], ablate):
+        out = hf_inside(hf_small, ids, [tuple(pair) for pair in off])
+        request = {"prompt": PROMPT, "layer": "all", "ablate": off}
+        status, answer = post(f"{server.url}/v1/attention", json.dumps(request).encode())
+        assert status == 200
+        np.testing.assert_allclose(answer["weights"], torch.stack(out.attentions)[:, 0].numpy(), atol=1e-4)
+        status, answer = post(
+            f"{server.url}/v1/next", json.dumps({"prompt": PROMPT, "ablate": off, "top": 20}).encode()
+        )
+        theirs = torch.log_softmax(out.logits[0, -1], -1).numpy()
+        assert status == 200 and [t["id"] for t in answer["tokens"]] == list(np.argsort(-theirs)[:20])
+        np.testing.assert_allclose([t["logprob"] for t in answer["tokens"]], np.sort(theirs)[::-1][:20], atol=1e-4)
+    unchanged = hf_inside(hf_small, ids).logits[0, -1]
+    assert float((out.logits[0, -1] - unchanged).abs().max()) > 1e-2  # switching those heads off matters
+
+
+def test_sampled_probs_are_huggingfaces_warpers_in_order(server, hf_small, encoder):
+    import torch
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = hf_inside(hf_small, encoder.encode(PROMPT)).logits[:, -1]
+    for temperature, top_k, top_p in [(0.7, 20, 0.9), (1.5, 0, 0.5), (1.0, 3, 1.0)]:
+        scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if top_k:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        scores = TopPLogitsWarper(top_p)(None, scores)
+        theirs = torch.softmax(scores, -1)[0].numpy()
+        request = {"prompt": PROMPT, "temperature": temperature, "top_k": top_k, "top_p": top_p, "top": 50}
+        status, answer = post(f"{server.url}/v1/next", json.dumps(request).encode())
+        assert status == 200
+        ours = [t["sampled_prob"] for t in answer["tokens"]]
+        np.testing.assert_allclose(ours, theirs[[t["id"] for t in answer["tokens"]]], atol=1e-5)
+        assert 0 in ours or top_k == 0  # filtered out: 0
+    status, answer = post(f"{server.url}/v1/next", json.dumps({"prompt": PROMPT, "temperature": 0}).encode())
+    assert [t["sampled_prob"] for t in answer["tokens"]][:2] == [1.0, 0.0]  # greedy: the most likely, always
+
+
+@pytest.mark.parametrize(
+    "path, request_body, message",
+    [
+        ("/v1/lens", {"prompt": PROMPT, "top": 6}, "top must be a whole number from 1 to 5, not 6"),
+        ("/v1/lens", {"prompt": PROMPT, "layer": 0}, "layer"),
+        ("/v1/next", {"prompt": PROMPT, "ablate": [[0, 4]]}, "ablate's head must be a whole number from 0 to 3, not 4"),
+        ("/v1/next", {"prompt": PROMPT, "ablate": [0, 1]}, "ablate must be a list of [layer, head] pairs"),
+        ("/v1/next", {"prompt": PROMPT, "top_p": 0}, "top_p"),
+        ("/v1/next", {"prompt": ""}, "the page's views take a prompt of 1 to 64 tokens, not 0"),
+        ("/v1/attention", {"prompt": PROMPT, "layer": "all", "head": 0}, 'no "head" with it'),
+    ],
+)
+def test_the_views_refuse_bad_input_as_the_completions_endpoint_does(server, path, request_body, message):
+    status, answer = post(f"{server.url}{path}", json.dumps(request_body).encode())
+    assert (
+        status == 400 and answer["error"]["type"] == "invalid_request_error" and message in answer["error"]["message"]
+    )
 
 
 def test_tokenize_gives_openais_ids(server, tiktoken_gpt2):

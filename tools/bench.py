@@ -614,6 +614,8 @@ def jax_train_step(params, batch, n_head, learning_rate=1e-4):
         return None, None
     import train
 
+    if len(batch) % train_jax.jax.device_count():  # more devices than rows: measure_gpu_train's batch
+        return None, train_jax.devices()
     trained = train.trainable(params)
     optimizer = train.AdamW(trained, beta1=0.9, beta2=0.95, weight_decay=0.1)
     step = functools.partial(train_jax.Step(None, trained, optimizer, n_head, 1.0), [(batch, None)], learning_rate)
