@@ -4,14 +4,15 @@
   token's probability and the model's alternatives, and the attention weights of any layer and head.
 - `POST /v1/completions`, `GET /v1/models`: OpenAI's completions API, so that the official `openai`
   client and the tools built on it work unchanged.
-- `POST /v1/tokenize`, `POST /v1/attention`: what the page shows of a prompt: its tokens, and the
-  attention weights of a layer's head.
+- `POST /v1/tokenize`, `/v1/attention`, `/v1/lens`, `/v1/next`: what the page shows of a prompt: its
+  tokens, the attention weights of a head or of every head, what each layer would predict (the logit
+  lens), and the next token's distribution under the sampling filters; with heads switched off.
 
 Only the standard library's HTTP server: one thread per connection reads and answers requests, and
 one thread, the decoder, generates. Requests decode together as the rows of one batch (gpt2.py's
 batched KV cache), each row with its own options: a request that comes while a batch runs joins it
 between two steps, and a row whose client has gone away leaves it at the next step. The forward
-passes that only read a prompt, the logprobs of an echoed prompt and the attention view, run on the
+passes that only read a prompt, the logprobs of an echoed prompt and the page's views, run on the
 request's own thread beside the decoder: the weights are never written, and NumPy lets go of the
 interpreter's lock while it multiplies.
 """
@@ -623,6 +624,27 @@ def lens_view(body, encoder, params, n_head):
 MAX_NEXT_TOKENS = 100  # the next-token bars
 
 
+NEXT_LOGITS, NEXT_LOGITS_KEPT = {}, 32  # the last prompts' next-token logits, most recent last
+NEXT_LOGITS_LOCK = threading.Lock()
+
+
+def next_logits(ids, ablate, params, n_head):  # -> [n_vocab], the model run once per prompt and heads off
+    """The page redraws the sampler's bars as a slider moves: only the filters change, so the model's
+    logits for the same prompt (and heads switched off) are kept rather than computed again."""
+    key = (id(params), ids, ablate)
+    with NEXT_LOGITS_LOCK:
+        if key in NEXT_LOGITS:
+            NEXT_LOGITS[key] = NEXT_LOGITS.pop(key)  # most recent last
+            return NEXT_LOGITS[key]
+    streams, _ = inside(list(ids), params, n_head, ablate)
+    logits = gpt2.layer_norm(streams[-1][-1], **params["ln_f"]) @ params["wte"].T  # [n_vocab]
+    with NEXT_LOGITS_LOCK:
+        NEXT_LOGITS[key] = logits
+        while len(NEXT_LOGITS) > NEXT_LOGITS_KEPT:
+            del NEXT_LOGITS[next(iter(NEXT_LOGITS))]
+    return logits
+
+
 def next_view(body, encoder, params, n_head):
     """The next token: the model's log-probabilities of the n most likely, and the probability each has
     under the sampling filters (gpt2.py's, as generation applies them; 0 where filtered out)."""
@@ -632,8 +654,7 @@ def next_view(body, encoder, params, n_head):
     top_k = whole(0, len(params["wte"]))("top_k", body.get("top_k", 0))
     top_p = number(0, 1, low_open=True)("top_p", body.get("top_p", 1.0))
     n_top = whole(1, MAX_NEXT_TOKENS)("top", body.get("top", 10))
-    streams, _ = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
-    logits = gpt2.layer_norm(streams[-1][-1], **params["ln_f"]) @ params["wte"].T  # [n_vocab]
+    logits = next_logits(tuple(t["id"] for t in tokens), frozenset(heads_off(body, params, n_head)), params, n_head)
     if temperature == 0:  # greedy: the most likely token, always
         sampled = np.zeros(len(logits))
         sampled[np.argmax(logits)] = 1.0

@@ -402,6 +402,24 @@ def test_sampled_probs_are_huggingfaces_warpers_in_order(server, hf_small, encod
     assert [t["sampled_prob"] for t in answer["tokens"]][:2] == [1.0, 0.0]  # greedy: the most likely, always
 
 
+def test_moving_a_sampling_control_does_not_run_the_model_again(small_params, encoder, monkeypatch):
+    import serve
+
+    runs = []
+    inside = serve.inside
+    monkeypatch.setattr(serve, "inside", lambda *args: runs.append(args[3]) or inside(*args))
+    monkeypatch.setattr(serve, "NEXT_LOGITS", {})
+    answers = [
+        serve.next_view(
+            {"prompt": PROMPT, "temperature": t, "ablate": off}, encoder, small_params, SMALL_HPARAMS["n_head"]
+        )
+        for t, off in [(1.0, []), (0.5, []), (0.5, [[0, 1]]), (1.5, [[0, 1]])]
+    ]
+    assert runs == [frozenset(), frozenset({(0, 1)})]  # once per prompt and set of heads switched off
+    assert [t["sampled_prob"] for t in answers[0]["tokens"]] != [t["sampled_prob"] for t in answers[1]["tokens"]]
+    assert [t["logprob"] for t in answers[0]["tokens"]] == [t["logprob"] for t in answers[1]["tokens"]]
+
+
 @pytest.mark.parametrize(
     "path, request_body, message",
     [
@@ -526,6 +544,9 @@ def test_the_page_in_chromium(server, client, tmp_path):
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 1400})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
             page.goto(f"{server.url}/")
             page.wait_for_selector("body[data-ready=true]")
             page.fill("#prompt", PROMPT)
@@ -534,6 +555,7 @@ def test_the_page_in_chromium(server, client, tmp_path):
             page.click("#generate")
             page.wait_for_selector("#generated[data-done=true]", timeout=60_000)
             page.wait_for_selector("#heatmap .cell")
+            written = PROMPT + greedy.choices[0].text  # the heat map covers what the model wrote too
             prompt_ids = page.eval_on_selector_all(
                 "#prompt_tokens .token", "spans => spans.map(s => Number(s.dataset.id))"
             )
@@ -551,15 +573,57 @@ def test_the_page_in_chromium(server, client, tmp_path):
                 )
                 _, expected = post(
                     f"{server.url}/v1/attention",
-                    json.dumps({"prompt": PROMPT, "layer": int(layer), "head": int(head)}).encode(),
+                    json.dumps({"prompt": written, "layer": int(layer), "head": int(head)}).encode(),
                 )
                 assert weights == [w for row in expected["weights"] for w in row]
             page.hover("#generated .token >> nth=0")
             assert "the model's top choices" in page.inner_text("#tip")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            check_the_views(page, server, written, tmp_path)
         finally:
             browser.close()
+    assert not errors, errors
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_the_views(page, server, text, tmp_path):
+    """The lens, every head and the next-token bars as the API gives them for the prompt and what the
+    model wrote; a sampling control moved, and heads switched off; each view's screenshot in tmp_path."""
+
+    def api(path, **request):
+        status, answer = post(f"{server.url}{path}", json.dumps({"prompt": text, **request}).encode())
+        assert status == 200, answer
+        return answer
+
+    def bars(selector):
+        names = page.eval_on_selector_all(
+            f"{selector} .name", "ns => ns.map(n => [Number(n.dataset.id), Number(n.dataset.sampled)])"
+        )
+        return [i for i, _ in names], [p for _, p in names]
+
+    page.wait_for_selector("#lens[data-done='[]'] td")
+    lens = api("/v1/lens", top=5)["layers"]
+    shown = page.eval_on_selector_all(
+        "#lens tr", "rows => rows.slice(1).map(r => [...r.cells].slice(1).map(c => Number(c.dataset.id)))"
+    )
+    assert shown == [[position[0]["id"] for position in layer] for layer in lens]
+    heads = page.eval_on_selector_all("#heads canvas", "cs => cs.map(c => JSON.parse(c.dataset.weights))")
+    assert heads == [head for layer in api("/v1/attention", layer="all")["weights"] for head in layer]
+    expected = api("/v1/next", top=10)["tokens"]
+    assert bars("#next") == ([t["id"] for t in expected], [t["sampled_prob"] for t in expected])
+    page.fill("#next_temperature", "0.5")
+    page.fill("#next_top_k", "3")
+    page.wait_for_selector("""#next[data-done='{"temperature":0.5,"top_k":3,"top_p":1}']""")
+    moved = api("/v1/next", top=10, temperature=0.5, top_k=3)["tokens"]
+    assert bars("#next")[1] == [t["sampled_prob"] for t in moved] != [t["sampled_prob"] for t in expected]
+    page.check("#switches input[data-layer='0'][data-head='1']")
+    page.wait_for_selector("#ablated[data-done='[[0,1]]'] .name")
+    page.wait_for_selector("#lens[data-done='[[0,1]]'] td")
+    ablated = api("/v1/next", top=10, temperature=0.5, top_k=3, ablate=[[0, 1]])["tokens"]
+    assert bars("#ablated") == ([t["id"] for t in ablated], [t["sampled_prob"] for t in ablated])
+    assert [t["logprob"] for t in ablated] != [t["logprob"] for t in moved]
+    for name in ("heads", "lens", "next", "ablated"):
+        page.locator(f"#{name}").screenshot(path=str(tmp_path / f"page-{name}.png"))
 
 
 @pytest.fixture

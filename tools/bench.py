@@ -498,6 +498,33 @@ def completion_stream(url, prompt, n_tokens):
     return first, time.perf_counter() - start, tokens
 
 
+VIEW_TOKENS, VIEW_ROUNDS = 64, 5  # the page's views: a prompt of the page's limit
+
+
+def measure_views(params, n_head, encoder, rounds=VIEW_ROUNDS):
+    """Seconds each of the page's views takes to answer (serve.py's own functions, as a request runs
+    them) for a prompt of VIEW_TOKENS tokens on the 124M shape, with two heads switched off."""
+    import serve
+
+    prompt = encoder.decode(encoder.encode("The quick brown fox jumps over the lazy dog. " * 10)[:VIEW_TOKENS])
+    body = {"prompt": prompt, "ablate": [[0, 1], [5, 3]]}
+    views = {
+        "/v1/lens": (serve.lens_view, {**body, "top": 5}),
+        "/v1/next": (serve.next_view, {**body, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "top": 10}),
+        "/v1/attention all": (serve.attention_view, {**body, "layer": "all"}),
+    }
+    tokens = len(encoder.encode(prompt))
+    return {
+        name: median_seconds(view, rounds, request, encoder, params, n_head) for name, (view, request) in views.items()
+    }, tokens
+
+
+def report_views(times, tokens):
+    print(f"the page's views, 124M shape, a prompt of {tokens} tokens, two heads off, medians of {VIEW_ROUNDS}:")
+    for name, seconds_taken in times.items():
+        print(f"  {name}: {seconds_taken:.2f} s")
+
+
 def measure_serving(models_dir, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS, rounds=SERVE_ROUNDS):
     """python gpt2.py --serve on the random 124M-shaped model: n_clients requests of n_tokens each, one
     at a time and all at once (a thread per client), in alternating rounds."""
@@ -980,6 +1007,10 @@ def main():
         if args.only in (None, "serve"):
             make_random_model(models_dir)
             report_serving(measure_serving(models_dir))
+            from utils import load_encoder_hparams_and_params
+
+            encoder, hparams, params = load_encoder_hparams_and_params("124M", models_dir)
+            report_views(*measure_views(params, hparams["n_head"], encoder))
         if args.only in (None, "train"):
             rows, n_params, tokens, jax_devices = measure_train(params, hparams["n_head"])
             report_train(rows, n_params, tokens, jax_devices, peak_training_rss(models_dir))
