@@ -591,7 +591,7 @@ def view_prompt(body, encoder, params):
 
 
 def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a set of (layer, head)
-    ablate = body.get("ablate", [])
+    ablate = [] if body.get("ablate") is None else body["ablate"]  # null: none, as for OpenAI's fields
     n_layer = len(params["blocks"])
     if not isinstance(ablate, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in ablate):
         raise BadRequest("ablate must be a list of [layer, head] pairs", "ablate")
