@@ -107,6 +107,7 @@ class Step:
             (trained, [optimizer.m[path] for path in paths], [optimizer.v[path] for path in paths]), self.replicated
         )
         self.frozen = None if lora_scale is None else to_devices(params, self.replicated)
+        self.on_host = True  # whether the trainer's arrays hold what the devices hold
         options = {"n_head": n_head, "grad_clip": grad_clip, "lora_scale": lora_scale, "optimizer": optimizer}
         decays = [train.decays(path) for path in paths]
         self.step = jax.jit(functools.partial(step, gpt2_on_jax(), decays, **options), donate_argnums=0)
@@ -128,10 +129,15 @@ class Step:
                 None if weights is None else to_devices(weights, self.rows),
                 {name: np.float32(value) for name, value in scalars.items()},
             )
+        self.on_host = False
         return float(from_devices(loss))
 
     def host(self):
-        """The weights and moments, copied into the trainer's arrays (for held-out losses, samples, saves)."""
+        """The weights and moments, copied into the trainer's arrays (for held-out losses, samples, saves),
+        once after each step however often it is asked."""
+        if self.on_host:
+            return
+        self.on_host = True
         trained, m, v = self.state
         for (path, host), device, m_i, v_i in zip(train.leaves(self.trained), jax.tree_util.tree_leaves(trained), m, v):
             host[...] = from_devices(device)
@@ -150,7 +156,7 @@ def stacked(micro_batches):
     batches, weights = [], []
     for batch, mask in micro_batches:
         padding = ((0, 0), (0, length - batch.shape[1]))
-        batches.append(np.pad(batch, padding, constant_values=gpt2.END_OF_TEXT))
+        batches.append(np.pad(batch, padding, mode="edge"))  # more of each row's own padding, <|endoftext|>
         weights.append(np.pad(mask / mask.sum(), padding).astype(np.float32))
     return np.stack(batches), np.stack(weights)
 
@@ -183,6 +189,8 @@ def step(model, decays, state, frozen, batches, weights, scalars, n_head, grad_c
         m_i = m_i * optimizer.beta1 + g * (1.0 - optimizer.beta1)
         v_i = v_i * optimizer.beta2 + (g * g) * (1.0 - optimizer.beta2)
         p = p - m_i / (jnp.sqrt(v_i) / scalars["root_correction2"] + optimizer.eps) * scalars["rate"]
-        new_p.append(p), new_m.append(m_i), new_v.append(v_i)
+        new_p.append(p)
+        new_m.append(m_i)
+        new_v.append(v_i)
     new_trained = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(trained), new_p)
     return (new_trained, new_m, new_v), loss / n_micro

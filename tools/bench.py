@@ -631,7 +631,7 @@ def measure_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=TRAIN_BATCH, n_se
     return rows, n_params, n_batch * n_seq, jax_devices
 
 
-def jax_train_step(params, batch, n_head, learning_rate=1e-4):
+def jax_train_step(params, batch, n_head, precision="float32", learning_rate=1e-4):
     """train.py --backend jax's step (train_jax.Step: gpt2.py's loss and its gradients by JAX, clipping
     and AdamW, one jax.jit over every device) on a copy of the weights, compiled before it is returned,
     and the devices it runs on; (None, None) without JAX."""
@@ -645,7 +645,8 @@ def jax_train_step(params, batch, n_head, learning_rate=1e-4):
         return None, train_jax.devices()
     trained = train.trainable(params)
     optimizer = train.AdamW(trained, beta1=0.9, beta2=0.95, weight_decay=0.1)
-    step = functools.partial(train_jax.Step(None, trained, optimizer, n_head, 1.0), [(batch, None)], learning_rate)
+    step = train_jax.Step(None, trained, optimizer, n_head, 1.0, precision=precision)
+    step = functools.partial(step, [(batch, None)], learning_rate)
     step()
     return step, train_jax.devices()
 
@@ -670,12 +671,10 @@ def measure_gpu_train(params, n_head, rounds=TRAIN_ROUNDS, n_batch=GPU_BATCH, n_
     except ImportError:
         torch = None
     batch = np.random.RandomState(3).randint(0, len(params["wte"]), (n_batch, n_seq + 1))
-    steps = {}
-    for precision in train_jax.MATMUL_PRECISION:
-        trained = train.trainable(params)
-        optimizer = train.AdamW(trained, beta1=0.9, beta2=0.95, weight_decay=0.1)
-        step = train_jax.Step(None, trained, optimizer, n_head, 1.0, precision=precision)
-        steps[f"jax {precision}"] = functools.partial(step, [(batch, None)], 1e-4)
+    steps = {
+        f"jax {precision}": jax_train_step(params, batch, n_head, precision)[0]
+        for precision in train_jax.MATMUL_PRECISION
+    }
     if torch is not None and torch.cuda.is_available() and hf_model_124M() is not None:
         torch.backends.cuda.matmul.allow_tf32 = False
         hf = hf_model_124M().cuda().train()
