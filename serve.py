@@ -14,7 +14,8 @@ batched KV cache), each row with its own options: a request that comes while a b
 between two steps, and a row whose client has gone away leaves it at the next step. The forward
 passes that only read a prompt, the logprobs of an echoed prompt and the page's views, run on the
 request's own thread beside the decoder: the weights are never written, and NumPy lets go of the
-interpreter's lock while it multiplies.
+interpreter's lock while it multiplies. (The lens's search of its 768 rows of logits, elementwise work,
+is shared out to train.py's thread per core.)
 """
 
 import codecs
@@ -36,6 +37,7 @@ import numpy as np
 
 import gpt2
 from gpt2 import N_CTX, N_VOCAB, plural
+from train import on_every_core
 
 MAX_BODY_BYTES = 1_000_000  # a request's body: 1024 tokens of prompt are some 5 KB of text
 # A body over the limit is still read, up to this, before the answer: a client that sends it whole
@@ -601,9 +603,45 @@ def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a set 
     }
 
 
-def top_entries(encoder, logprobs, n_top):  # [n_vocab] -> the n_top most likely, most likely first
-    top = sorted(np.argpartition(-logprobs, n_top - 1)[:n_top], key=lambda i: -logprobs[i])
-    return [{"token": token_text(encoder, int(i)), "id": int(i), "logprob": float(logprobs[i])} for i in top]
+ROWS_AT_A_TIME = 32  # rows of logits that most_likely takes on at once on a core: 6 MB, in the cache
+
+
+def most_likely(logits, n_top):  # [n, n_vocab] -> ids, logprobs [n, n_top], most likely first
+    """Each row's n_top most likely tokens and their log-probabilities (the lens asks this of every layer
+    at every position), ROWS_AT_A_TIME rows at a time on a thread per core."""
+    n_top = min(n_top, logits.shape[1])
+    ids, logprobs = np.empty((len(logits), n_top), np.int64), np.empty((len(logits), n_top), np.float32)
+
+    def work(rows):
+        ids[rows], logprobs[rows] = top_of_rows(logits[rows], n_top)
+
+    on_every_core(work, len(logits), ROWS_AT_A_TIME)
+    return ids, logprobs
+
+
+def top_of_rows(logits, n_top, group_size=64):  # [n, n_vocab] -> ids, logprobs [n, n_top], most likely first
+    """most_likely's, without sorting a row or taking the log-softmax of all of it. A row's logits are
+    dealt into groups (group g: columns g, g + n_groups, g + 2*n_groups, ...), the last few left over.
+    The n_top largest logits lie in the n_top groups whose maxima are largest, so only those groups,
+    and the leftovers, are searched."""
+    n, n_vocab = logits.shape
+    n_groups = max(1, n_vocab // group_size)  # one group for a vocabulary smaller than a group
+    group_size = n_vocab // n_groups
+    grouped = logits[:, : n_groups * group_size].reshape(n, group_size, n_groups)  # a view: no copy
+    best = np.argpartition(-grouped.max(axis=1), min(n_top, n_groups) - 1, axis=-1)[:, :n_top]  # [n, n_top]
+    members = (best[..., None] + np.arange(group_size) * n_groups).reshape(n, -1)  # [n, n_top*group_size]
+    leftovers = np.broadcast_to(np.arange(n_groups * group_size, n_vocab), (n, n_vocab - n_groups * group_size))
+    candidates = np.concatenate([members, leftovers], axis=1)
+    values = np.take_along_axis(logits, candidates, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")[:, :n_top]
+    top = np.take_along_axis(values, order, axis=1)  # [n, n_top]: the first is the row's largest
+    shifted = logits - top[:, :1]  # [n, n_vocab], as log_softmax's: the largest is 0
+    log_total = np.log(np.sum(np.exp(shifted, out=shifted), axis=-1, keepdims=True))  # [n, 1]
+    return np.take_along_axis(candidates, order, axis=1), top - top[:, :1] - log_total
+
+
+def entries(encoder, ids, logprobs):  # a row of most_likely's -> [{"token", "id", "logprob"}]
+    return [{"token": token_text(encoder, int(i)), "id": int(i), "logprob": float(p)} for i, p in zip(ids, logprobs)]
 
 
 def lens_view(body, encoder, params, n_head):
@@ -614,11 +652,10 @@ def lens_view(body, encoder, params, n_head):
     tokens = view_prompt(body, encoder, params)
     n_top = whole(1, MAX_LOGPROBS)("top", body.get("top", MAX_LOGPROBS))
     streams, _ = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
-    layers = []
-    for x in streams:
-        logprobs = gpt2.log_softmax(gpt2.layer_norm(x, **params["ln_f"]) @ params["wte"].T)  # [n_seq, n_vocab]
-        layers.append([top_entries(encoder, row, n_top) for row in logprobs])
-    return {"tokens": tokens, "layers": layers}
+    logits = gpt2.layer_norm(np.concatenate(streams), **params["ln_f"]) @ params["wte"].T  # [n_layer*n_seq, n_vocab]
+    ids, logprobs = most_likely(logits, n_top)
+    rows = [entries(encoder, *row) for row in zip(ids, logprobs)]
+    return {"tokens": tokens, "layers": [rows[i : i + len(tokens)] for i in range(0, len(rows), len(tokens))]}
 
 
 MAX_NEXT_TOKENS = 100  # the next-token bars
@@ -660,8 +697,8 @@ def next_view(body, encoder, params, n_head):
         sampled[np.argmax(logits)] = 1.0
     else:
         sampled = gpt2.softmax(gpt2.filter_logits(logits, temperature, top_k, top_p))
-    entries = top_entries(encoder, gpt2.log_softmax(logits[None])[0], n_top)
-    return {"tokens": [{**entry, "sampled_prob": float(sampled[entry["id"]])} for entry in entries]}
+    ids, logprobs = most_likely(logits[None], n_top)
+    return {"tokens": [{**e, "sampled_prob": float(sampled[e["id"]])} for e in entries(encoder, ids[0], logprobs[0])]}
 
 
 def attention_view(body, encoder, params, n_head):

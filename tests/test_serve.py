@@ -361,6 +361,25 @@ def test_the_logit_lens_is_huggingfaces_at_every_layer_and_position(server, hf_s
             np.testing.assert_allclose([e["logprob"] for e in entries], row[[e["id"] for e in entries]], atol=1e-4)
 
 
+def test_the_most_likely_tokens_are_torchs_top_k_of_its_log_softmax():
+    import torch
+
+    import serve
+
+    rng = np.random.default_rng(0)
+    for n_vocab in (50257, 257, 10):  # groups and leftovers; fewer groups than tokens asked for; not one group
+        logits = rng.standard_normal((70, n_vocab), dtype=np.float32) * 4  # 70 rows: pieces on threads
+        logits[1] = 0.0  # all tied
+        logits[2, ::3] = logits[2].max() + 1  # many tied for the largest, in many groups
+        for n_top in (1, 5, 100):
+            ids, logprobs = serve.most_likely(logits, n_top)
+            theirs = torch.log_softmax(torch.from_numpy(logits).double(), -1)
+            top = torch.topk(theirs, min(n_top, n_vocab)).values.numpy()
+            np.testing.assert_allclose(logprobs, top, atol=1e-5)
+            np.testing.assert_allclose(np.take_along_axis(theirs.numpy(), ids, 1), top, atol=1e-12)
+            assert all(len(set(row)) == len(row) for row in ids.tolist())
+
+
 def test_every_head_at_once_and_heads_switched_off_are_huggingfaces(server, hf_small, encoder):
     import torch
 

@@ -10,6 +10,7 @@ then reports them; every duration is taken by seconds().
 """
 
 import argparse
+import contextlib
 import functools
 import glob
 import hashlib
@@ -481,55 +482,9 @@ def report_encoder(results):
 # Serving
 
 
-def completion_stream(url, prompt, n_tokens):
-    """One streamed greedy completion from the server: (seconds to the first token, seconds in all, tokens)."""
-    import urllib.request
-
-    body = {"model": "124M", "prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "stream": True}
-    request = urllib.request.Request(
-        f"{url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    start, first, tokens = time.perf_counter(), None, 0
-    with urllib.request.urlopen(request, timeout=600) as response:
-        for line in response:
-            if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["finish_reason"] is None:  # a token
-                tokens += 1
-                first = first or time.perf_counter() - start
-    return first, time.perf_counter() - start, tokens
-
-
-VIEW_TOKENS, VIEW_ROUNDS = 64, 5  # the page's views: a prompt of the page's limit
-
-
-def measure_views(params, n_head, encoder, rounds=VIEW_ROUNDS):
-    """Seconds each of the page's views takes to answer (serve.py's own functions, as a request runs
-    them) for a prompt of VIEW_TOKENS tokens on the 124M shape, with two heads switched off."""
-    import serve
-
-    prompt = encoder.decode(encoder.encode("The quick brown fox jumps over the lazy dog. " * 10)[:VIEW_TOKENS])
-    body = {"prompt": prompt, "ablate": [[0, 1], [5, 3]]}
-    views = {
-        "/v1/lens": (serve.lens_view, {**body, "top": 5}),
-        "/v1/next": (serve.next_view, {**body, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "top": 10}),
-        "/v1/attention all": (serve.attention_view, {**body, "layer": "all"}),
-    }
-    tokens = len(encoder.encode(prompt))
-    return {
-        name: median_seconds(view, rounds, request, encoder, params, n_head) for name, (view, request) in views.items()
-    }, tokens
-
-
-def report_views(times, tokens):
-    print(f"the page's views, 124M shape, a prompt of {tokens} tokens, two heads off, medians of {VIEW_ROUNDS}:")
-    for name, seconds_taken in times.items():
-        print(f"  {name}: {seconds_taken:.2f} s")
-
-
-def measure_serving(models_dir, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS, rounds=SERVE_ROUNDS):
-    """python gpt2.py --serve on the random 124M-shaped model: n_clients requests of n_tokens each, one
-    at a time and all at once (a thread per client), in alternating rounds."""
-    from concurrent.futures import ThreadPoolExecutor
-
+@contextlib.contextmanager
+def serving(models_dir):
+    """python gpt2.py --serve on the random 124M-shaped model, in its own process: yields its address."""
     process = subprocess.Popen(
         [sys.executable, "gpt2.py", "--serve", "--port", "0", "--models_dir", models_dir],
         cwd=REPO_DIR,
@@ -540,30 +495,91 @@ def measure_serving(models_dir, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS, 
         line = ""
         while " on http://" not in line:  # after the first load's conversion, if any
             line = process.stderr.readline()
-        url = line.split(" on ", 1)[1].split("/ ", 1)[0]
-        prompts = [f"Client {i} asks: what is the meaning of life?" for i in range(n_clients)]
-        completion_stream(url, prompts[0], 4)  # warm up
-        rows = []
-        with ThreadPoolExecutor(n_clients) as threads:
-            for _ in range(rounds):
-                start = time.perf_counter()
-                alone = [completion_stream(url, prompt, n_tokens) for prompt in prompts]
-                alone_seconds = time.perf_counter() - start
-                start = time.perf_counter()
-                together = list(threads.map(lambda prompt: completion_stream(url, prompt, n_tokens), prompts))
-                together_seconds = time.perf_counter() - start
-                rows.append(
-                    {
-                        "alone": sum(r[2] for r in alone) / alone_seconds,
-                        "together": sum(r[2] for r in together) / together_seconds,
-                        "first_alone": statistics.median(r[0] for r in alone),
-                        "first_together": statistics.median(r[0] for r in together),
-                    }
-                )
-        return rows
+        yield line.split(" on ", 1)[1].split("/ ", 1)[0]
     finally:
         process.terminate()
         process.wait()
+
+
+def json_request(url, body):
+    import urllib.request
+
+    return urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+
+def post(url, body):  # -> the server's JSON answer
+    import urllib.request
+
+    with urllib.request.urlopen(json_request(url, body), timeout=600) as response:
+        return json.load(response)
+
+
+def completion_stream(url, prompt, n_tokens):
+    """One streamed greedy completion from the server: (seconds to the first token, seconds in all, tokens)."""
+    import urllib.request
+
+    body = {"model": "124M", "prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "stream": True}
+    start, first, tokens = time.perf_counter(), None, 0
+    with urllib.request.urlopen(json_request(f"{url}/v1/completions", body), timeout=600) as response:
+        for line in response:
+            if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["finish_reason"] is None:  # a token
+                tokens += 1
+                first = first or time.perf_counter() - start
+    return first, time.perf_counter() - start, tokens
+
+
+VIEW_TOKENS, VIEW_ROUNDS = 64, 5  # the page's views: a prompt of the page's limit
+
+
+def measure_views(url, rounds=VIEW_ROUNDS):
+    """Seconds each of the page's views takes to answer, request and JSON included, for a prompt of
+    VIEW_TOKENS tokens with two heads switched off: other heads each round, so that /v1/next's kept
+    logits are never what is timed."""
+    tokens = post(f"{url}/v1/tokenize", {"prompt": "The quick brown fox jumps over the lazy dog. " * 10})["tokens"]
+    prompt = "".join(token["text"] for token in tokens[:VIEW_TOKENS])
+    views = [  # (name, path, request)
+        ("/v1/lens", "/v1/lens", {"top": 5}),
+        ("/v1/next", "/v1/next", {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "top": 10}),
+        ("/v1/attention all", "/v1/attention", {"layer": "all"}),
+    ]
+    times = {}
+    for name, path, request in views:
+        bodies = [{"prompt": prompt, "ablate": [[0, round_], [5, 3]], **request} for round_ in range(rounds)]
+        times[name] = statistics.median(seconds(post, url + path, body) for body in bodies)
+    return times, len(post(f"{url}/v1/lens", {"prompt": prompt, "top": 1})["tokens"])
+
+
+def report_views(times, tokens):
+    print(f"the page's views, 124M shape, a prompt of {tokens} tokens, two heads off, medians of {VIEW_ROUNDS}:")
+    for name, seconds_taken in times.items():
+        print(f"  {name}: {seconds_taken:.2f} s")
+
+
+def measure_serving(url, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS, rounds=SERVE_ROUNDS):
+    """n_clients requests of n_tokens each, one at a time and all at once (a thread per client), in
+    alternating rounds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"Client {i} asks: what is the meaning of life?" for i in range(n_clients)]
+    completion_stream(url, prompts[0], 4)  # warm up
+    rows = []
+    with ThreadPoolExecutor(n_clients) as threads:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            alone = [completion_stream(url, prompt, n_tokens) for prompt in prompts]
+            alone_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            together = list(threads.map(lambda prompt: completion_stream(url, prompt, n_tokens), prompts))
+            together_seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "alone": sum(r[2] for r in alone) / alone_seconds,
+                    "together": sum(r[2] for r in together) / together_seconds,
+                    "first_alone": statistics.median(r[0] for r in alone),
+                    "first_together": statistics.median(r[0] for r in together),
+                }
+            )
+    return rows
 
 
 def report_serving(rows, n_clients=SERVE_CLIENTS, n_tokens=SERVE_TOKENS):
@@ -1005,11 +1021,9 @@ def main():
             report_encoder(measure_encoder())
         if args.only in (None, "serve"):
             make_random_model(models_dir)
-            report_serving(measure_serving(models_dir))
-            from utils import load_encoder_hparams_and_params
-
-            encoder, hparams, params = load_encoder_hparams_and_params("124M", models_dir)
-            report_views(*measure_views(params, hparams["n_head"], encoder))
+            with serving(models_dir) as url:
+                report_serving(measure_serving(url))
+                report_views(*measure_views(url))
         if args.only in (None, "train"):
             rows, n_params, tokens, jax_devices = measure_train(params, hparams["n_head"])
             report_train(rows, n_params, tokens, jax_devices, peak_training_rss(models_dir))
