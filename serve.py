@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -582,6 +583,33 @@ def inside(ids, params, n_head, ablate=()):  # ids [n_seq] -> streams [n_layer][
     return streams, weights
 
 
+KEPT_PASSES, MOST_KEPT = {}, 8  # the last prompts' inside(), most recent last: 5 MB each at 64 tokens of 124M
+KEPT_LOCK = threading.Lock()
+
+
+def kept_inside(tokens, ablate, params, n_head):  # view_prompt's tokens, heads_off's -> inside()'s answer
+    """A redraw of the page asks several views of one prompt and set of heads switched off at once, and
+    the sampler's bars are redrawn as a slider moves: the forward pass is kept for the last few prompts
+    rather than run again, and a request that comes while it runs waits for it. What it gives is
+    shared: read it, never write it."""
+    key = (id(params), tuple(token["id"] for token in tokens), ablate)
+    with KEPT_LOCK:
+        kept = KEPT_PASSES.pop(key, None)
+        runs_here = kept is None
+        KEPT_PASSES[key] = kept = Future() if runs_here else kept  # most recent last
+        while len(KEPT_PASSES) > MOST_KEPT:
+            del KEPT_PASSES[next(iter(KEPT_PASSES))]
+    if runs_here:
+        try:
+            kept.set_result(inside(list(key[1]), params, n_head, ablate))
+        except BaseException as e:  # the requests waiting get it too; the next one runs the pass again
+            kept.set_exception(e)
+            with KEPT_LOCK:
+                if KEPT_PASSES.get(key) is kept:
+                    del KEPT_PASSES[key]
+    return kept.result()
+
+
 def view_prompt(body, encoder, params):
     """The tokens of a request's prompt for the page's views: 1 to the page's limit of them."""
     prompt = text("prompt", body.get("prompt"))
@@ -592,15 +620,15 @@ def view_prompt(body, encoder, params):
     return tokens
 
 
-def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a set of (layer, head)
+def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a frozenset of (layer, head)
     ablate = [] if body.get("ablate") is None else body["ablate"]  # null: none, as for OpenAI's fields
     n_layer = len(params["blocks"])
     if not isinstance(ablate, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in ablate):
         raise BadRequest("ablate must be a list of [layer, head] pairs", "ablate")
-    return {
+    return frozenset(
         (whole(0, n_layer - 1)("ablate's layer", layer), whole(0, n_head - 1)("ablate's head", head))
         for layer, head in ablate
-    }
+    )
 
 
 ROWS_AT_A_TIME = 32  # rows of logits that most_likely takes on at once on a core: 6 MB, in the cache
@@ -651,7 +679,7 @@ def lens_view(body, encoder, params, n_head):
     refuse_unknown(body, ("prompt", "top", "ablate"))
     tokens = view_prompt(body, encoder, params)
     n_top = whole(1, MAX_LOGPROBS)("top", body.get("top", MAX_LOGPROBS))
-    streams, _ = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
+    streams, _ = kept_inside(tokens, heads_off(body, params, n_head), params, n_head)
     logits = gpt2.layer_norm(np.concatenate(streams), **params["ln_f"]) @ params["wte"].T  # [n_layer*n_seq, n_vocab]
     ids, logprobs = most_likely(logits, n_top)
     rows = [entries(encoder, *row) for row in zip(ids, logprobs)]
@@ -659,27 +687,6 @@ def lens_view(body, encoder, params, n_head):
 
 
 MAX_NEXT_TOKENS = 100  # the next-token bars
-
-
-NEXT_LOGITS, NEXT_LOGITS_KEPT = {}, 32  # the last prompts' next-token logits, most recent last
-NEXT_LOGITS_LOCK = threading.Lock()
-
-
-def next_logits(ids, ablate, params, n_head):  # -> [n_vocab], the model run once per prompt and heads off
-    """The page redraws the sampler's bars as a slider moves: only the filters change, so the model's
-    logits for the same prompt (and heads switched off) are kept rather than computed again."""
-    key = (id(params), ids, ablate)
-    with NEXT_LOGITS_LOCK:
-        if key in NEXT_LOGITS:
-            NEXT_LOGITS[key] = NEXT_LOGITS.pop(key)  # most recent last
-            return NEXT_LOGITS[key]
-    streams, _ = inside(list(ids), params, n_head, ablate)
-    logits = gpt2.layer_norm(streams[-1][-1], **params["ln_f"]) @ params["wte"].T  # [n_vocab]
-    with NEXT_LOGITS_LOCK:
-        NEXT_LOGITS[key] = logits
-        while len(NEXT_LOGITS) > NEXT_LOGITS_KEPT:
-            del NEXT_LOGITS[next(iter(NEXT_LOGITS))]
-    return logits
 
 
 def next_view(body, encoder, params, n_head):
@@ -691,7 +698,8 @@ def next_view(body, encoder, params, n_head):
     top_k = whole(0, len(params["wte"]))("top_k", body.get("top_k", 0))
     top_p = number(0, 1, low_open=True)("top_p", body.get("top_p", 1.0))
     n_top = whole(1, MAX_NEXT_TOKENS)("top", body.get("top", 10))
-    logits = next_logits(tuple(t["id"] for t in tokens), frozenset(heads_off(body, params, n_head)), params, n_head)
+    streams, _ = kept_inside(tokens, heads_off(body, params, n_head), params, n_head)
+    logits = gpt2.layer_norm(streams[-1][-1], **params["ln_f"]) @ params["wte"].T  # [n_vocab]
     if temperature == 0:  # greedy: the most likely token, always
         sampled = np.zeros(len(logits))
         sampled[np.argmax(logits)] = 1.0
@@ -713,7 +721,7 @@ def attention_view(body, encoder, params, n_head):
     if every and "head" in body:
         raise BadRequest('"layer": "all" answers every head: no "head" with it', "head")
     tokens = view_prompt(body, encoder, params)
-    _, weights = inside([t["id"] for t in tokens], params, n_head, heads_off(body, params, n_head))
+    _, weights = kept_inside(tokens, heads_off(body, params, n_head), params, n_head)
     if every:
         return {"tokens": tokens, "layer": "all", "weights": np.round(np.stack(weights).astype(float), 4).tolist()}
     return {

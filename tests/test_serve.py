@@ -421,22 +421,58 @@ def test_sampled_probs_are_huggingfaces_warpers_in_order(server, hf_small, encod
     assert [t["sampled_prob"] for t in answer["tokens"]][:2] == [1.0, 0.0]  # greedy: the most likely, always
 
 
-def test_moving_a_sampling_control_does_not_run_the_model_again(small_params, encoder, monkeypatch):
+def test_a_redraw_and_moving_a_sampling_control_run_the_model_once_per_prompt(small_params, encoder, monkeypatch):
     import serve
 
     runs = []
     inside = serve.inside
     monkeypatch.setattr(serve, "inside", lambda *args: runs.append(args[3]) or inside(*args))
-    monkeypatch.setattr(serve, "NEXT_LOGITS", {})
+    monkeypatch.setattr(serve, "KEPT_PASSES", {})
+    n_head = SMALL_HPARAMS["n_head"]
     answers = [
-        serve.next_view(
-            {"prompt": PROMPT, "temperature": t, "ablate": off}, encoder, small_params, SMALL_HPARAMS["n_head"]
-        )
+        serve.next_view({"prompt": PROMPT, "temperature": t, "ablate": off}, encoder, small_params, n_head)
         for t, off in [(1.0, []), (0.5, []), (0.5, [[0, 1]]), (1.5, [[0, 1]])]
     ]
+    for off in [], [[0, 1]]:  # the rest of the page's redraw
+        serve.lens_view({"prompt": PROMPT, "ablate": off}, encoder, small_params, n_head)
+        serve.attention_view({"prompt": PROMPT, "layer": "all", "ablate": off}, encoder, small_params, n_head)
+        serve.attention_view({"prompt": PROMPT, "layer": 1, "head": 2, "ablate": off}, encoder, small_params, n_head)
     assert runs == [frozenset(), frozenset({(0, 1)})]  # once per prompt and set of heads switched off
     assert [t["sampled_prob"] for t in answers[0]["tokens"]] != [t["sampled_prob"] for t in answers[1]["tokens"]]
     assert [t["logprob"] for t in answers[0]["tokens"]] == [t["logprob"] for t in answers[1]["tokens"]]
+    assert answers[0] == serve.next_view({"prompt": PROMPT}, encoder, small_params, n_head)  # nothing written
+
+
+def test_views_asked_at_once_wait_for_one_forward_pass_and_a_failed_one_is_run_again(
+    small_params, encoder, monkeypatch
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import serve
+
+    runs, inside = [], serve.inside
+
+    def slow_inside(*args):  # long enough for the other requests to come while it runs
+        runs.append(args[3])
+        time.sleep(0.3)
+        if len(runs) == 1:
+            raise MemoryError("planted")
+        return inside(*args)
+
+    monkeypatch.setattr(serve, "inside", slow_inside)
+    monkeypatch.setattr(serve, "KEPT_PASSES", {})
+    views = [serve.lens_view, serve.next_view, serve.attention_view, serve.lens_view]
+
+    def ask(view):
+        try:
+            return view({"prompt": PROMPT}, encoder, small_params, SMALL_HPARAMS["n_head"])
+        except MemoryError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(len(views)) as threads:
+        assert list(threads.map(ask, views)) == ["planted"] * len(views)  # one pass, its failure for all
+        answers = list(threads.map(ask, views))
+    assert len(runs) == 2 and answers[0] == answers[3] and "layers" in answers[0]
 
 
 @pytest.mark.parametrize(
@@ -643,6 +679,34 @@ def check_the_views(page, server, text, tmp_path):
     assert [t["logprob"] for t in ablated] != [t["logprob"] for t in moved]
     for name in ("heads", "lens", "next", "ablated"):
         page.locator(f"#{name}").screenshot(path=str(tmp_path / f"page-{name}.png"))
+    overtaken = api("/v1/lens", top=5, ablate=[[0, 1], [0, 2]])["layers"]
+    page.evaluate(HOLD_THE_NEXT_LENS)
+    page.check("#switches input[data-layer='0'][data-head='2']")  # its lens answer comes back last
+    page.uncheck("#switches input[data-layer='0'][data-head='2']")
+    page.wait_for_timeout(2000)
+    shown = page.eval_on_selector_all(
+        "#lens tr", "rows => rows.slice(1).map(r => [...r.cells].slice(1).map(c => Number(c.dataset.id)))"
+    )
+    lens = api("/v1/lens", top=5, ablate=[[0, 1]])["layers"]
+    assert (
+        shown
+        == [[position[0]["id"] for position in layer] for layer in lens]
+        != [[position[0]["id"] for position in layer] for layer in overtaken]
+    )
+
+
+HOLD_THE_NEXT_LENS = """() => {  // the next answer of /v1/lens reaches the page 1.5 s late, after newer ones
+  const fetch = window.fetch;
+  let held = false;
+  window.fetch = async (path, init) => {
+    const response = await fetch(path, init);
+    if (path === "/v1/lens" && !held) {
+      held = true;
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+    }
+    return response;
+  };
+}"""
 
 
 @pytest.fixture

@@ -533,8 +533,8 @@ VIEW_TOKENS, VIEW_ROUNDS = 64, 5  # the page's views: a prompt of the page's lim
 
 def measure_views(url, rounds=VIEW_ROUNDS):
     """Seconds each of the page's views takes to answer, request and JSON included, for a prompt of
-    VIEW_TOKENS tokens with two heads switched off: other heads each round, so that /v1/next's kept
-    logits are never what is timed."""
+    VIEW_TOKENS tokens with two heads switched off: other heads for each view and round, so that the
+    server's kept forward passes are never what is timed."""
     tokens = post(f"{url}/v1/tokenize", {"prompt": "The quick brown fox jumps over the lazy dog. " * 10})["tokens"]
     prompt = "".join(token["text"] for token in tokens[:VIEW_TOKENS])
     views = [  # (name, path, request)
@@ -543,8 +543,8 @@ def measure_views(url, rounds=VIEW_ROUNDS):
         ("/v1/attention all", "/v1/attention", {"layer": "all"}),
     ]
     times = {}
-    for name, path, request in views:
-        bodies = [{"prompt": prompt, "ablate": [[0, round_], [5, 3]], **request} for round_ in range(rounds)]
+    for view, (name, path, request) in enumerate(views):
+        bodies = [{"prompt": prompt, "ablate": [[view, round_], [5, 3]], **request} for round_ in range(rounds)]
         times[name] = statistics.median(seconds(post, url + path, body) for body in bodies)
     return times, len(post(f"{url}/v1/lens", {"prompt": prompt, "top": 1})["tokens"])
 
