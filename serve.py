@@ -14,8 +14,8 @@ batched KV cache), each row with its own options: a request that comes while a b
 between two steps, and a row whose client has gone away leaves it at the next step. The forward
 passes that only read a prompt, the logprobs of an echoed prompt and the page's views, run on the
 request's own thread beside the decoder: the weights are never written, and NumPy lets go of the
-interpreter's lock while it multiplies. (The lens's search of its 768 rows of logits, elementwise work,
-is shared out to train.py's thread per core.)
+interpreter's lock while it multiplies; the lens's search of its logits, elementwise work, is shared
+out to train.py's thread per core. The views of one prompt share one forward pass (kept_inside).
 """
 
 import codecs
