@@ -380,19 +380,61 @@ def token_text(encoder, token_id):
         return "bytes:" + "".join(f"\\x{byte:02x}" for byte in data)
 
 
+ROWS_AT_A_TIME = 32  # rows of logits that most_likely takes on at once on a core: 6 MB, in the cache
+
+
+def most_likely(logits, n_top):  # [n, n_vocab] -> ids, logprobs [n, n_top], most likely first
+    """Each row's n_top most likely tokens and their log-probabilities (the lens asks this of every layer
+    at every position), ROWS_AT_A_TIME rows at a time on a thread per core."""
+    n_top = min(n_top, logits.shape[1])
+    ids, logprobs = np.empty((len(logits), n_top), np.int64), np.empty((len(logits), n_top), np.float32)
+
+    def work(rows):
+        ids[rows], logprobs[rows] = top_of_rows(logits[rows], n_top)
+
+    on_every_core(work, len(logits), ROWS_AT_A_TIME)
+    return ids, logprobs
+
+
+def top_of_rows(logits, n_top, group_size=64):  # [n, n_vocab] -> ids, logprobs [n, n_top], most likely first
+    """most_likely's, without sorting a row or taking the log-softmax of all of it. A row's logits are
+    dealt into groups (group g: columns g, g + n_groups, g + 2*n_groups, ...), the last few left over.
+    The n_top largest logits lie in the n_top groups whose maxima are largest, so only those groups,
+    and the leftovers, are searched."""
+    n, n_vocab = logits.shape
+    n_groups = max(1, n_vocab // group_size)  # one group for a vocabulary smaller than a group
+    group_size = n_vocab // n_groups
+    grouped = logits[:, : n_groups * group_size].reshape(n, group_size, n_groups)  # a view: no copy
+    best = np.argpartition(-grouped.max(axis=1), min(n_top, n_groups) - 1, axis=-1)[:, :n_top]  # [n, n_top]
+    members = (best[..., None] + np.arange(group_size) * n_groups).reshape(n, -1)  # [n, n_top*group_size]
+    leftovers = np.broadcast_to(np.arange(n_groups * group_size, n_vocab), (n, n_vocab - n_groups * group_size))
+    candidates = np.concatenate([members, leftovers], axis=1)
+    values = np.take_along_axis(logits, candidates, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")[:, :n_top]
+    top = np.take_along_axis(values, order, axis=1)  # [n, n_top]: the first is the row's largest
+    shifted = logits - top[:, :1]  # [n, n_vocab], as log_softmax's: the largest is 0
+    log_total = np.log(np.sum(np.exp(shifted, out=shifted), axis=-1, keepdims=True))  # [n, 1]
+    return np.take_along_axis(candidates, order, axis=1), top - top[:, :1] - log_total
+
+
+def top_entries(encoder, ids, logprobs):  # a row of most_likely's -> [{"token", "id", "logprob"}]
+    return [{"token": token_text(encoder, int(i)), "id": int(i), "logprob": float(p)} for i, p in zip(ids, logprobs)]
+
+
 def logprob_entry(encoder, token_id, logits, n_top):
     """(token text, its log-probability, {text: log-probability} of the n_top most likely tokens) for a
     token chosen from `logits` (None: an echoed prompt's first token, which nothing predicts). The
     values are the model's own log-softmax, before temperature and filtering."""
     if logits is None:
         return token_text(encoder, token_id), None, None
-    logprobs = gpt2.log_softmax(logits[None])[0]  # [n_vocab]
-    top = np.argpartition(-logprobs, n_top)[:n_top] if n_top else []
-    top = sorted(top, key=lambda i: -logprobs[i])
+    chosen = float(gpt2.log_softmax(logits[None])[0, token_id])
+    if not n_top:
+        return token_text(encoder, token_id), chosen, {}
+    ids, logprobs = most_likely(logits[None], n_top)
     return (
         token_text(encoder, token_id),
-        float(logprobs[token_id]),
-        {token_text(encoder, int(i)): float(logprobs[i]) for i in top},
+        chosen,
+        {e["token"]: e["logprob"] for e in top_entries(encoder, ids[0], logprobs[0])},
     )
 
 
@@ -631,47 +673,6 @@ def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a froz
     )
 
 
-ROWS_AT_A_TIME = 32  # rows of logits that most_likely takes on at once on a core: 6 MB, in the cache
-
-
-def most_likely(logits, n_top):  # [n, n_vocab] -> ids, logprobs [n, n_top], most likely first
-    """Each row's n_top most likely tokens and their log-probabilities (the lens asks this of every layer
-    at every position), ROWS_AT_A_TIME rows at a time on a thread per core."""
-    n_top = min(n_top, logits.shape[1])
-    ids, logprobs = np.empty((len(logits), n_top), np.int64), np.empty((len(logits), n_top), np.float32)
-
-    def work(rows):
-        ids[rows], logprobs[rows] = top_of_rows(logits[rows], n_top)
-
-    on_every_core(work, len(logits), ROWS_AT_A_TIME)
-    return ids, logprobs
-
-
-def top_of_rows(logits, n_top, group_size=64):  # [n, n_vocab] -> ids, logprobs [n, n_top], most likely first
-    """most_likely's, without sorting a row or taking the log-softmax of all of it. A row's logits are
-    dealt into groups (group g: columns g, g + n_groups, g + 2*n_groups, ...), the last few left over.
-    The n_top largest logits lie in the n_top groups whose maxima are largest, so only those groups,
-    and the leftovers, are searched."""
-    n, n_vocab = logits.shape
-    n_groups = max(1, n_vocab // group_size)  # one group for a vocabulary smaller than a group
-    group_size = n_vocab // n_groups
-    grouped = logits[:, : n_groups * group_size].reshape(n, group_size, n_groups)  # a view: no copy
-    best = np.argpartition(-grouped.max(axis=1), min(n_top, n_groups) - 1, axis=-1)[:, :n_top]  # [n, n_top]
-    members = (best[..., None] + np.arange(group_size) * n_groups).reshape(n, -1)  # [n, n_top*group_size]
-    leftovers = np.broadcast_to(np.arange(n_groups * group_size, n_vocab), (n, n_vocab - n_groups * group_size))
-    candidates = np.concatenate([members, leftovers], axis=1)
-    values = np.take_along_axis(logits, candidates, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")[:, :n_top]
-    top = np.take_along_axis(values, order, axis=1)  # [n, n_top]: the first is the row's largest
-    shifted = logits - top[:, :1]  # [n, n_vocab], as log_softmax's: the largest is 0
-    log_total = np.log(np.sum(np.exp(shifted, out=shifted), axis=-1, keepdims=True))  # [n, 1]
-    return np.take_along_axis(candidates, order, axis=1), top - top[:, :1] - log_total
-
-
-def entries(encoder, ids, logprobs):  # a row of most_likely's -> [{"token", "id", "logprob"}]
-    return [{"token": token_text(encoder, int(i)), "id": int(i), "logprob": float(p)} for i, p in zip(ids, logprobs)]
-
-
 def lens_view(body, encoder, params, n_head):
     """The logit lens: at each block's output and each position, what the model would predict if it
     stopped there (the final layer norm and the tied output layer applied to the stream); the last
@@ -682,7 +683,7 @@ def lens_view(body, encoder, params, n_head):
     streams, _ = kept_inside(tokens, heads_off(body, params, n_head), params, n_head)
     logits = gpt2.layer_norm(np.concatenate(streams), **params["ln_f"]) @ params["wte"].T  # [n_layer*n_seq, n_vocab]
     ids, logprobs = most_likely(logits, n_top)
-    rows = [entries(encoder, *row) for row in zip(ids, logprobs)]
+    rows = [top_entries(encoder, *row) for row in zip(ids, logprobs)]
     return {"tokens": tokens, "layers": [rows[i : i + len(tokens)] for i in range(0, len(rows), len(tokens))]}
 
 
@@ -706,7 +707,9 @@ def next_view(body, encoder, params, n_head):
     else:
         sampled = gpt2.softmax(gpt2.filter_logits(logits, temperature, top_k, top_p))
     ids, logprobs = most_likely(logits[None], n_top)
-    return {"tokens": [{**e, "sampled_prob": float(sampled[e["id"]])} for e in entries(encoder, ids[0], logprobs[0])]}
+    return {
+        "tokens": [{**e, "sampled_prob": float(sampled[e["id"]])} for e in top_entries(encoder, ids[0], logprobs[0])]
+    }
 
 
 def attention_view(body, encoder, params, n_head):
