@@ -2,7 +2,7 @@
 
     python gpt2.py "Alan Turing theorized that computers would one day become" --n_tokens_to_generate 8
 
-runs the command line, cli.py, on top of these functions. Read it top to bottom: the building blocks first, then one transformer block, then the whole model.
+runs the command line, the folder cli/, on top of these functions. Read it top to bottom: the building blocks first, then one transformer block, then the whole model.
 Shapes are in the comments: n_seq tokens, n_embd features, n_head heads, n_vocab vocabulary entries;
 `...` stands for leading axes, none for one text and [n_batch] for rows of several.
 Every array is float32; constants are Python floats, because a NumPy float64 scalar such as
@@ -150,13 +150,8 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq
 
 # Generating token by token with gpt2() recomputes every earlier position at each step. A position's
 # keys and values never change once computed (the causal mask lets it see only earlier tokens), so
-# the fast path keeps them in a cache and feeds only the new tokens through the model.
-#
-# Several texts at once (generate_batch) are rows of one batch, lined up at the right: a row whose
-# prompt is shorter than the longest starts after `pad` empty positions. Each row counts its positions
-# from its own first token, and the mask hides the empty positions from every query, so a row gets the
-# numbers it would get alone (up to rounding) whatever its neighbours are. Each prompt is read on its
-# own into its row of the cache; from then on all rows take one step together.
+# the fast path keeps them in a cache and feeds only the new tokens through the model. Several texts
+# at once are rows of one batch, each with its row of the cache: batching.py.
 
 
 class KVCache(NamedTuple):  # the keys and values of the positions read so far
@@ -270,93 +265,6 @@ def generate(inputs, params, n_head, n_tokens_to_generate, **options):
     """The list of new token ids (greedy unless sampling options are given, see generate_stream);
     the caller's list is left as it was."""
     return [token_id for token_id, _ in generate_stream(inputs, params, n_head, n_tokens_to_generate, **options)]
-
-
-def generate_batch_stream(
-    prompts,
-    params,
-    n_head,
-    n_tokens_to_generate,
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    seed=None,
-    stop_at_end_of_text=True,
-    batch_size=None,
-    end_of_text=END_OF_TEXT,
-):
-    """generate_stream for many prompts (token-id lists of any lengths). Yields, at each step,
-    [(row, token id, logits)] for the rows that took a token, a row being the index of its prompt.
-    batch_size rows decode together (all by default), one forward pass per step for all of them; then
-    the next batch_size rows. Row i draws its samples from its own random stream, made from the seed
-    and i, whatever rows are beside it; batch_size changes speed and memory, and the rounding of the
-    logits' last bits, which moves a sampled draw only when it falls that close to a boundary."""
-    check_generation(prompts, params, n_tokens_to_generate, temperature, top_k, top_p, seed)
-    if batch_size is not None:
-        check_whole_number("batch_size", batch_size, 1)
-    rngs = row_rngs(seed, len(prompts))
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    batch_size = batch_size or max(len(prompts), 1)
-    stop = end_of_text if stop_at_end_of_text else None
-    for first in range(0, len(prompts), batch_size):
-        rows = np.arange(first, min(first + batch_size, len(prompts)))
-        batch = [prompts[row] for row in rows]
-        yield from decode_batch(batch, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop)
-
-
-def row_rngs(seed, n_rows):
-    """A random stream for each row, made from the seed and the row's number (a fresh seed if None)."""
-    entropy = np.random.SeedSequence(seed).entropy  # one seed for every row
-    return [np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(row,))) for row in range(n_rows)]
-
-
-def prefill_rows(prompts, params, n_head, length, n_prompt=None):
-    """A batch's start: each prompt read on its own into its row of one cache of `length` positions, the
-    rows lined up at the right, ending at position n_prompt (by default the longest prompt's length).
-    Returns (the next token's logits [n_rows, n_vocab], kv_cache, pad)."""
-    n_prompt = n_prompt or max(len(inputs) for inputs in prompts)
-    pad = np.array([n_prompt - len(inputs) for inputs in prompts])  # empty positions before each row's prompt
-    buffers, _ = new_kv_cache(params, n_head, length, batch=(len(prompts),))
-    first_logits, index_of_prompt = [], {}
-    for i, inputs in enumerate(prompts):
-        if tuple(inputs) in index_of_prompt:  # the same prompt again (several samples): copy its work
-            buffers[:, i] = buffers[:, index_of_prompt[tuple(inputs)]]
-            first_logits.append(first_logits[index_of_prompt[tuple(inputs)]])
-            continue
-        buffers[:, i, :, : pad[i]] = 0  # masked, but NaN left in fresh memory would get through the mask
-        row_cache = buffers[:, i, :, pad[i] :]  # a view: [n_layer, 2*n_head, length - pad, d]
-        logits, _ = gpt2_cached(inputs, **params, n_head=n_head, kv_cache=KVCache(row_cache, 0))
-        first_logits.append(logits)
-        index_of_prompt[tuple(inputs)] = i
-    return np.stack(first_logits), KVCache(buffers, n_prompt), pad
-
-
-def decode_batch(prompts, rows, rngs, params, n_head, n_tokens_to_generate, sampling, stop):
-    """The steps of generate_batch_stream for one batch: prompts, their row numbers, every row's random
-    stream; a row ends before the id stop (None: never)."""
-    length = max(len(inputs) for inputs in prompts) + n_tokens_to_generate - 1  # the last token is not fed
-    logits, kv_cache, pad = prefill_rows(prompts, params, n_head, length)  # [n_running, n_vocab]
-    for step in range(n_tokens_to_generate):
-        uniforms = np.array([rngs[row].random() for row in rows])
-        token_ids = next_token(logits, uniforms, **sampling)  # [n_running]
-        running = token_ids != stop
-        yield [(int(rows[i]), int(token_ids[i]), logits[i]) for i in np.flatnonzero(running)]
-        if step == n_tokens_to_generate - 1 or not running.any():
-            return
-        if not running.all():  # a finished row leaves the batch and costs no more compute
-            rows, token_ids, pad = rows[running], token_ids[running], pad[running]
-            kv_cache = KVCache(kv_cache.buffers[:, running], kv_cache.n_past)
-        logits, kv_cache = gpt2_cached(token_ids[:, None], **params, n_head=n_head, kv_cache=kv_cache, pad=pad)
-
-
-def generate_batch(prompts, params, n_head, n_tokens_to_generate, **options):
-    """The new ids of each prompt, as generate() gives them for that prompt alone (sampled rows: see
-    generate_batch_stream, which takes the same options, batch_size among them)."""
-    new_ids = [[] for _ in prompts]
-    for step in generate_batch_stream(prompts, params, n_head, n_tokens_to_generate, **options):
-        for row, token_id, _ in step:
-            new_ids[row].append(token_id)
-    return new_ids
 
 
 # Measuring the model: how well does it predict a given text? Each token's negative log-likelihood
@@ -473,10 +381,19 @@ def plural(n, noun):  # "1 token", "2 tokens"
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-if __name__ == "__main__":
-    # `python gpt2.py ...` is the command line, cli.py. This file then runs as the module __main__;
-    # naming it gpt2 too makes cli's `import gpt2` find it instead of running it a second time.
+def __getattr__(name):
+    """generate_batch and generate_batch_stream are batching.py's now (many texts at once); a notebook's
+    `from gpt2 import generate_batch` finds them there, with a warning, until the next release."""
+    if name in ("generate_batch", "generate_batch_stream"):
+        import importlib
+        import warnings
+
+        warnings.warn(f"gpt2.{name} moved: from batching import {name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("batching"), name)
+    raise AttributeError(f"module 'gpt2' has no attribute {name!r}")
+
+
+if __name__ == "__main__":  # `python gpt2.py ...` is the command line, the folder cli/
     import runpy
 
-    sys.modules["gpt2"] = sys.modules["__main__"]
     runpy.run_module("cli", run_name="__main__")

@@ -13,19 +13,18 @@ chain rule; they come in the order a reader meets the forward functions.
 n_head, adapters=adapters, lora_scale=alpha / rank)`), it is shaped like `adapters`. Every gradient
 is checked against PyTorch's autograd (HuggingFace's GPT2LMHeadModel on the same weights; through
 PEFT's adapters for LoRA) and against jax.grad(gpt2.lm_loss) in the tests.
-The run around this lesson (the data, the run folder, the loop, the command line) is trainer.py,
-which `python train.py ...` runs.
+The run around this lesson (the data, the run folder, the loop, the command line) is the folder
+training/, which `python train.py ...` runs. The elementwise passes go a piece at a time on every core
+(common.py's by_rows and on_every_core): the same numbers as one pass over the whole array.
 """
 
-import ctypes
 import functools
 import math
-import os
-import sys
-from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
+from common import PIECE, by_rows, on_every_core
 from gpt2 import (
     attention_weights,
     causal_mask,
@@ -36,53 +35,6 @@ from gpt2 import (
     split_heads,
     split_qkv,
 )
-
-# NumPy runs an elementwise operation on one core, over a whole array at a time, while its matrix
-# products use every core. The long chains of elementwise passes (gelu and its backward, the softmaxes,
-# AdamW) go instead a piece at a time, each piece small enough that all of its passes find it in the
-# processor's cache, with a thread per core (NumPy lets go of the interpreter's lock inside its loops).
-# The pieces depend only on the array's shape, so the results are the same, bit for bit, on any number
-# of cores.
-
-PIECE = 1 << 18  # numbers: 1 MB of float32 per array
-THREADS = ThreadPoolExecutor(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-
-
-def on_every_core(work, n, piece=PIECE):
-    """work(slice) for slices of at most `piece` that cover range(n), spread over a thread per core
-    (one slice is done here: handing it to a thread would only add the wait)."""
-    if n <= piece:
-        return work(slice(0, n))
-    for _ in THREADS.map(work, [slice(start, start + piece) for start in range(0, n, piece)]):
-        pass
-
-
-def keep_freed_memory():
-    """Have glibc's malloc keep the memory of freed arrays for the next ones. By default it hands an
-    array of more than 128 KB back to the system when it is freed, so the next one starts on fresh
-    pages, each a page fault when first written; a step makes hundreds of such arrays. From here on
-    an array of up to 32 MB comes from the heap, and the heap keeps 64 MB free at its top. Without
-    glibc (macOS, musl), nothing changes."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError):
-        return
-    m_top_pad, m_mmap_threshold = -2, -3  # glibc's malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_top_pad, 64 << 20)
-
-
-def by_rows(function, *arrays):  # arrays [..., n] of one shape -> function(*arrays), a few rows at a time
-    """For a function that works on each row (the last axis) apart from the others."""
-    rows = [a.reshape(-1, a.shape[-1]) for a in arrays]
-    out = np.empty(rows[0].shape, dtype=np.float32)
-
-    def work(piece):
-        out[piece] = function(*(r[piece] for r in rows))
-
-    on_every_core(work, len(out), max(1, PIECE // out.shape[-1]))
-    return out.reshape(arrays[0].shape)
-
 
 # The building blocks, backwards.
 
@@ -172,7 +124,23 @@ def attention_backward(d_out, q, k, v, weights):  # [..., n_q, d], the inputs, t
 # One transformer block, forwards (keeping what the backward needs) and backwards.
 
 
-def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_embd] -> the same, and what backward keeps
+class Kept(NamedTuple):  # what a block's forward keeps for its backward, in the order it makes them
+    x: np.ndarray  # the block's input [..., n_seq, n_embd]
+    a: np.ndarray  # layer_norm(x, **ln_1)
+    q: np.ndarray  # the queries, keys and values, each [..., n_head, n_seq, d]
+    k: np.ndarray
+    v: np.ndarray
+    weights: np.ndarray  # the attention weights [..., n_head, n_seq, n_seq]
+    merged: np.ndarray  # the heads' outputs merged [..., n_seq, n_embd], before the output projection
+    x_mid: np.ndarray  # x after attention: the residual stream between the two halves
+    b: np.ndarray  # layer_norm(x_mid, **ln_2)
+    h: np.ndarray  # the feed-forward's up projection [..., n_seq, 4*n_embd]
+    gelu_h: np.ndarray  # gelu(h)
+
+
+def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_embd] -> the same, and Kept
+    """transformer_block's computation, step by step with a name for each array the backward needs
+    (the same functions, in the same order: mha and ffn opened up)."""
     a = layer_norm(x, **ln_1)
     q, k, v = split_qkv(linear(a, **attn["c_attn"]), n_head)  # as mha: each [..., n_head, n_seq, d]
     weights = attention_weights(q, k, mask)  # [..., n_head, n_seq, n_seq]: as attention(q, k, v, mask) makes them
@@ -182,7 +150,7 @@ def block_forward(x, mlp, attn, ln_1, ln_2, n_head, mask):  # [..., n_seq, n_emb
     h = linear(b, **mlp["c_fc"])
     gelu_h = by_rows(gelu, h)
     out = x_mid + linear(gelu_h, **mlp["c_proj"])  # each token on its own
-    return out, (x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h)
+    return out, Kept(x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h)
 
 
 def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, adapters=None, lora_scale=1.0):  # -> dx, grads
@@ -198,16 +166,15 @@ def block_backward(d_out, kept, mlp, attn, ln_1, ln_2, n_head, adapters=None, lo
         adapter = adapters.get(module, {}).get(name)
         return dx, adapter and lora_backward(d_out, x, **adapter, scale=lora_scale)
 
-    x, a, q, k, v, weights, merged, x_mid, b, h, gelu_h = kept
-    d_gelu_h, d_mlp_proj = linear_layer_backward(d_out, gelu_h, "mlp", "c_proj")
-    d_b, d_fc = linear_layer_backward(gelu_backward(d_gelu_h, h, gelu_h), b, "mlp", "c_fc")
-    d_x_mid, d_ln_2 = layer_norm_backward(d_b, x_mid, ln_2["g"], frozen=frozen)
+    d_gelu_h, d_mlp_proj = linear_layer_backward(d_out, kept.gelu_h, "mlp", "c_proj")
+    d_b, d_fc = linear_layer_backward(gelu_backward(d_gelu_h, kept.h, kept.gelu_h), kept.b, "mlp", "c_fc")
+    d_x_mid, d_ln_2 = layer_norm_backward(d_b, kept.x_mid, ln_2["g"], frozen=frozen)
     d_x_mid += d_out  # the residual: the output is x_mid plus the feed-forward's part
-    d_merged, d_attn_proj = linear_layer_backward(d_x_mid, merged, "attn", "c_proj")
-    dq, dk, dv = attention_backward(split_heads(d_merged, n_head), q, k, v, weights)
+    d_merged, d_attn_proj = linear_layer_backward(d_x_mid, kept.merged, "attn", "c_proj")
+    dq, dk, dv = attention_backward(split_heads(d_merged, n_head), kept.q, kept.k, kept.v, kept.weights)
     d_qkv = merge_heads(np.concatenate([dq, dk, dv], axis=-3))  # [..., n_seq, 3*n_embd], as split_heads read it
-    d_a, d_c_attn = linear_layer_backward(d_qkv, a, "attn", "c_attn")
-    dx, d_ln_1 = layer_norm_backward(d_a, x, ln_1["g"], frozen=frozen)
+    d_a, d_c_attn = linear_layer_backward(d_qkv, kept.a, "attn", "c_attn")
+    dx, d_ln_1 = layer_norm_backward(d_a, kept.x, ln_1["g"], frozen=frozen)
     dx += d_x_mid  # the residual again
     grads = {"attn": {"c_attn": d_c_attn, "c_proj": d_attn_proj}, "ln_1": d_ln_1, "ln_2": d_ln_2}
     grads["mlp"] = {"c_fc": d_fc, "c_proj": d_mlp_proj}
@@ -464,10 +431,7 @@ def learning_rate_at(step, learning_rate, warmup_steps, schedule, total_steps, m
     return floor + (learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-if __name__ == "__main__":
-    # `python train.py ...` is the training run, trainer.py. This file then runs as the module
-    # __main__; naming it train too makes trainer's `import train` find it instead of a second copy.
+if __name__ == "__main__":  # `python train.py ...` is the training run, the folder training/
     import runpy
 
-    sys.modules["train"] = sys.modules["__main__"]
-    runpy.run_module("trainer", run_name="__main__")
+    runpy.run_module("training", run_name="__main__")

@@ -197,6 +197,16 @@ def load_encoder_hparams_and_params(model_size, models_dir):
     return load_openai_folder(os.path.join(models_dir, model_size), model_size)
 
 
+def check_model_choice(model, model_size):
+    """gpt2.py's and train.py's --model and --model_size: one or the other, each a model load_model knows."""
+    if model is not None and model_size is not None:
+        raise ValueError("give --model or --model_size, not both")
+    if model is not None:
+        check_model_name(model)
+    if model_size is not None:
+        check_model_size(model_size)
+
+
 def check_model_name(name_or_path):
     """What load_model would make of it, before anything is loaded: "openai", "folder" or "hub"."""
     if name_or_path in MODEL_SIZES:

@@ -255,11 +255,11 @@ def at(tree, path):
 
 
 def train_in_process(capsys, args):
-    """`python train.py ARGS...` as trainer.main in this process: a Result."""
-    import trainer
+    """`python train.py ARGS...` as training.loop.main in this process: a Result."""
+    from training import loop
 
     try:
-        trainer.main(args)
+        loop.main(args)
         code = 0
     except SystemExit as e:
         code = e.code

@@ -21,6 +21,7 @@ from helpers import (
 )
 
 import cli as cli_module
+from cli.flags import PARSER
 from storage import files
 
 
@@ -218,7 +219,7 @@ def test_help_explains_every_flag_in_full(capsys):
         assert result.returncode == 0 and result.stderr == ""
         assert result.stdout.startswith("usage: python gpt2.py PROMPT")
         shown = " ".join(result.stdout.split())
-        for action in cli_module.PARSER._actions:
+        for action in PARSER._actions:
             description = " ".join((action.help % {"default": action.default}).split())
             assert description in shown, action.dest  # whole
             assert action.dest in ("help", "prompt") or "(default: " in description, action.dest
@@ -332,25 +333,24 @@ def test_text_flags_arrive_as_typed(small_models_dir, tmp_path, monkeypatch, cap
 
 
 @pytest.mark.slow
-def test_import_gpt2_loads_numpy_only_and_python_gpt2_runs_it_once():
-    """gpt2.py as a script registers itself as the module gpt2, so cli.py's import finds it."""
+def test_import_gpt2_loads_numpy_only_and_python_gpt2_prompt_loads_no_server_and_no_training(small_models_dir):
+    """A notebook's `import gpt2` is NumPy's and the standard library's only; the command line loads what
+    generating needs, not the server (serve/, http.server) or the training (train.py, training/)."""
     import subprocess
 
     code = "import sys, gpt2; print(sorted(m for m in ('cli', 'fire', 'utils', 'requests') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True)
     assert result.stdout == "[]\n", result.stderr
-    counting = (
-        "import runpy, sys, builtins\n"
-        "sys.argv = ['gpt2.py', '--help']\n"
-        "try:\n"
-        "    runpy.run_path('gpt2.py', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 0\n"
-        "print('gpt2' in sys.modules and sys.modules['gpt2'].__name__)\n"
+    loaded = (
+        "import atexit, runpy, sys\n"
+        "programs = ('serve', 'http.server', 'train', 'training')\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith(programs))))\n"
+        f"sys.argv = ['gpt2.py', 'Hello', '-n', '2', '--models_dir', {str(small_models_dir)!r}]\n"
+        "runpy.run_path('gpt2.py', run_name='__main__')\n"
     )
-    result = subprocess.run([sys.executable, "-c", counting], cwd=REPO_DIR, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", loaded], cwd=REPO_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "__main__"  # one module, not a second copy named gpt2
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 def test_python_below_3_10_gets_one_clear_line():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from helpers import GREEDY_TOKENS, LONG_HPARAMS, N_HEAD, PROMPT_IDS, SMALL_HPARAMS
 
+import batching
 import gpt2
 
 
@@ -17,7 +18,7 @@ def test_ragged_rows_equal_single_runs_step_by_step(long_params):
     prompts = ragged_prompts(0, (1, 150, 7, 33, 7), LONG_HPARAMS["n_vocab"])  # a row of 1 token, one of 150
     n_tokens = 60
     per_row = {row: [] for row in range(len(prompts))}
-    for step in gpt2.generate_batch_stream(prompts, long_params, N_HEAD, n_tokens, batch_size=2):
+    for step in batching.generate_batch_stream(prompts, long_params, N_HEAD, n_tokens, batch_size=2):
         for row, token_id, logits in step:
             per_row[row].append((token_id, logits))
     for row, inputs in enumerate(prompts):
@@ -30,7 +31,7 @@ def test_ragged_rows_equal_single_runs_step_by_step(long_params):
 
 def test_batch_greedy_rows_are_hf_greedy(small_params, golden):
     prompts = [PROMPT_IDS[3:4], PROMPT_IDS, PROMPT_IDS[:2] * 9]
-    rows = gpt2.generate_batch(prompts, small_params, N_HEAD, GREEDY_TOKENS)
+    rows = batching.generate_batch(prompts, small_params, N_HEAD, GREEDY_TOKENS)
     assert rows[1] == golden["greedy_ids"].tolist()  # HuggingFace's greedy continuation of PROMPT_IDS
     assert rows == [gpt2.generate(inputs, small_params, N_HEAD, GREEDY_TOKENS) for inputs in prompts]
 
@@ -39,10 +40,10 @@ def test_batch_greedy_rows_are_hf_greedy(small_params, golden):
 def test_batch_size_never_changes_the_ids(long_params):
     prompts = ragged_prompts(1, (5, 40, 1, 12, 12, 90, 3), LONG_HPARAMS["n_vocab"])
     for sampling in ({}, {"temperature": 1.0, "seed": 5}, {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 6}):
-        everything = gpt2.generate_batch(prompts, long_params, N_HEAD, 30, **sampling)
+        everything = batching.generate_batch(prompts, long_params, N_HEAD, 30, **sampling)
         for batch_size in (1, 2, 3, 7, 100):
             assert (
-                gpt2.generate_batch(prompts, long_params, N_HEAD, 30, batch_size=batch_size, **sampling) == everything
+                batching.generate_batch(prompts, long_params, N_HEAD, 30, batch_size=batch_size, **sampling) == everything
             )
 
 
@@ -51,13 +52,13 @@ def test_sampled_rows_depend_on_seed_and_index_only(long_params):
     prompts = ragged_prompts(2, (9, 9, 9, 9), n_vocab)
     prompts[1] = prompts[2] = prompts[0]
     sampling = {"temperature": 1.0, "seed": 11}
-    rows = gpt2.generate_batch(prompts, long_params, N_HEAD, 25, **sampling)
+    rows = batching.generate_batch(prompts, long_params, N_HEAD, 25, **sampling)
     assert len({tuple(row) for row in rows[:3]}) == 3  # three samples of one prompt differ
     neighbours = ragged_prompts(3, (100, 9, 1, 60), n_vocab)
     neighbours[2] = prompts[2]  # row 2 keeps its prompt, every other row changes
-    assert gpt2.generate_batch(neighbours, long_params, N_HEAD, 25, **sampling)[2] == rows[2]
-    assert gpt2.generate_batch(prompts, long_params, N_HEAD, 25, **sampling) == rows  # repeatable
-    assert gpt2.generate_batch(prompts, long_params, N_HEAD, 25, temperature=1.0, seed=12) != rows
+    assert batching.generate_batch(neighbours, long_params, N_HEAD, 25, **sampling)[2] == rows[2]
+    assert batching.generate_batch(prompts, long_params, N_HEAD, 25, **sampling) == rows  # repeatable
+    assert batching.generate_batch(prompts, long_params, N_HEAD, 25, temperature=1.0, seed=12) != rows
 
 
 @pytest.fixture
@@ -79,11 +80,11 @@ def test_each_row_stops_at_its_own_end_of_text(end_of_text_likely_params, monkey
     monkeypatch.setattr(
         gpt2, "gpt2_cached", lambda inputs, *a, **k: batch_rows.append(np.shape(inputs)) or cached(inputs, *a, **k)
     )
-    assert gpt2.generate_batch(prompts, params, N_HEAD, 20) == expected
+    assert batching.generate_batch(prompts, params, N_HEAD, 20) == expected
     decode_rows = [shape[0] for shape in batch_rows if len(shape) == 2]
     still_running = [sum(len(ids) > step for ids in expected) for step in range(20)]
     assert decode_rows == still_running[: len(decode_rows)] and decode_rows[-1] < len(prompts)
-    everything = gpt2.generate_batch(prompts, params, N_HEAD, 20, stop_at_end_of_text=False)
+    everything = batching.generate_batch(prompts, params, N_HEAD, 20, stop_at_end_of_text=False)
     assert all(len(ids) == 20 for ids in everything) and gpt2.END_OF_TEXT in sum(everything, [])
 
 
@@ -95,7 +96,7 @@ def test_kv_cache_holds_what_the_call_needs(small_params, monkeypatch):
     )
     d = SMALL_HPARAMS["n_embd"] // N_HEAD
     gpt2.generate(PROMPT_IDS, small_params, N_HEAD, 5)
-    gpt2.generate_batch([PROMPT_IDS, [1, 2, 3]], small_params, N_HEAD, 5)
+    batching.generate_batch([PROMPT_IDS, [1, 2, 3]], small_params, N_HEAD, 5)
     assert shapes == [
         (SMALL_HPARAMS["n_layer"], 2 * N_HEAD, len(PROMPT_IDS) + 4, d),  # the last new token is never fed back
         (SMALL_HPARAMS["n_layer"], 2, 2 * N_HEAD, len(PROMPT_IDS) + 4, d),
@@ -105,14 +106,14 @@ def test_kv_cache_holds_what_the_call_needs(small_params, monkeypatch):
 def test_batch_rejects_bad_input_before_any_work(small_params, monkeypatch):
     monkeypatch.setattr(gpt2, "gpt2_cached", None)  # any model work would fail with a TypeError
     with pytest.raises(ValueError, match="at least one token"):
-        gpt2.generate_batch([PROMPT_IDS, []], small_params, N_HEAD, 5)
+        batching.generate_batch([PROMPT_IDS, []], small_params, N_HEAD, 5)
     with pytest.raises(ValueError, match="context"):
-        gpt2.generate_batch([PROMPT_IDS, [1] * 60], small_params, N_HEAD, 5)
+        batching.generate_batch([PROMPT_IDS, [1] * 60], small_params, N_HEAD, 5)
     with pytest.raises(ValueError, match="batch_size"):
-        gpt2.generate_batch([PROMPT_IDS], small_params, N_HEAD, 5, batch_size=0)
+        batching.generate_batch([PROMPT_IDS], small_params, N_HEAD, 5, batch_size=0)
     with pytest.raises(ValueError, match="top_p"):
-        gpt2.generate_batch([PROMPT_IDS], small_params, N_HEAD, 5, temperature=1.0, top_p=0)
-    assert gpt2.generate_batch([], small_params, N_HEAD, 5) == []
+        batching.generate_batch([PROMPT_IDS], small_params, N_HEAD, 5, temperature=1.0, top_p=0)
+    assert batching.generate_batch([], small_params, N_HEAD, 5) == []
 
 
 def test_reference_gpt2_takes_rows_of_equal_length(long_params, small_params, golden):

@@ -20,6 +20,7 @@ from helpers import (
     hf_greedy_text,
 )
 
+import batching
 import gpt2
 import utils
 from storage.safetensors_file import read_header
@@ -77,7 +78,7 @@ def test_a_distilgpt2_like_model_of_six_layers(tmp_path, tiktoken_gpt2, capsys):
     ids = np.random.RandomState(3).randint(0, 50257, 100).tolist()
     check_against_hf(model, params, hparams, ids, 25)
     prompts = [ids[:10], ids[:60], ids[5:6]]  # many texts at once, as for OpenAI's models
-    assert gpt2.generate_batch(prompts, params, 4, 15) == [gpt2.generate(p, params, 4, 15) for p in prompts]
+    assert batching.generate_batch(prompts, params, 4, 15) == [gpt2.generate(p, params, 4, 15) for p in prompts]
     result = cli(capsys, PROMPT, "-n", "20", "--model", folder, "--models_dir", str(tmp_path / "models"))
     assert result.stdout == hf_greedy_text(model, tiktoken_gpt2, encoder.encode(PROMPT), 20) + "\n"
 

@@ -285,18 +285,18 @@ def test_save_model_writes_the_merged_model_that_peft_s_merge_and_unload_gives(
 def test_the_memory_estimate_knows_lora(small_run, monkeypatch, capsys):
     from helpers import train_args
 
-    import trainer
+    from training import loop, options
     from utils import MODEL_HPARAMS
 
-    full, lora = (trainer.memory_needed(MODEL_HPARAMS["1558M"], 4, 256, rank) for rank in (None, 8))
+    full, lora = (options.memory_needed(MODEL_HPARAMS["1558M"], 4, 256, rank) for rank in (None, 8))
     assert full > 36e9 and lora < 20e9  # a full fine-tune of 1558M needs 37 GB; LoRA one copy of the weights
-    monkeypatch.setattr(trainer, "memory_available", lambda: 1_000_000)
+    monkeypatch.setattr(options, "memory_available", lambda: 1_000_000)
     with pytest.raises(SystemExit):
-        trainer.main(lora_run(small_run, small_run / "run", "--steps", "2"))
+        loop.main(lora_run(small_run, small_run / "run", "--steps", "2"))
     error = capsys.readouterr().err
     assert "(LoRA: one copy of the weights" in error and not (small_run / "run").exists()
     with pytest.raises(SystemExit):
-        trainer.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
+        loop.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
     assert "or LoRA (--lora_rank 8)" in capsys.readouterr().err
 
 

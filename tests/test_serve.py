@@ -364,7 +364,7 @@ def test_the_logit_lens_is_huggingfaces_at_every_layer_and_position(server, hf_s
 def test_the_most_likely_tokens_are_torchs_top_k_of_its_log_softmax():
     import torch
 
-    import serve
+    from serve.top_tokens import most_likely
 
     rng = np.random.default_rng(0)
     for n_vocab in (50257, 257, 10):  # groups and leftovers; fewer groups than tokens asked for; not one group
@@ -372,7 +372,7 @@ def test_the_most_likely_tokens_are_torchs_top_k_of_its_log_softmax():
         logits[1] = 0.0  # all tied
         logits[2, ::3] = logits[2].max() + 1  # many tied for the largest, in many groups
         for n_top in (1, 5, 100):
-            ids, logprobs = serve.most_likely(logits, n_top)
+            ids, logprobs = most_likely(logits, n_top)
             theirs = torch.log_softmax(torch.from_numpy(logits).double(), -1)
             top = torch.topk(theirs, min(n_top, n_vocab)).values.numpy()
             np.testing.assert_allclose(logprobs, top, atol=1e-5)
@@ -422,25 +422,25 @@ def test_sampled_probs_are_huggingfaces_warpers_in_order(server, hf_small, encod
 
 
 def test_a_redraw_and_moving_a_sampling_control_run_the_model_once_per_prompt(small_params, encoder, monkeypatch):
-    import serve
+    from serve import views
 
     runs = []
-    inside = serve.inside
-    monkeypatch.setattr(serve, "inside", lambda *args: runs.append(args[3]) or inside(*args))
-    monkeypatch.setattr(serve, "KEPT_PASSES", {})
+    inside = views.inside
+    monkeypatch.setattr(views, "inside", lambda *args: runs.append(args[3]) or inside(*args))
+    monkeypatch.setattr(views, "KEPT_PASSES", {})
     n_head = SMALL_HPARAMS["n_head"]
     answers = [
-        serve.next_view({"prompt": PROMPT, "temperature": t, "ablate": off}, encoder, small_params, n_head)
+        views.next_view({"prompt": PROMPT, "temperature": t, "ablate": off}, encoder, small_params, n_head)
         for t, off in [(1.0, []), (0.5, []), (0.5, [[0, 1]]), (1.5, [[0, 1]])]
     ]
     for off in [], [[0, 1]]:  # the rest of the page's redraw
-        serve.lens_view({"prompt": PROMPT, "ablate": off}, encoder, small_params, n_head)
-        serve.attention_view({"prompt": PROMPT, "layer": "all", "ablate": off}, encoder, small_params, n_head)
-        serve.attention_view({"prompt": PROMPT, "layer": 1, "head": 2, "ablate": off}, encoder, small_params, n_head)
+        views.lens_view({"prompt": PROMPT, "ablate": off}, encoder, small_params, n_head)
+        views.attention_view({"prompt": PROMPT, "layer": "all", "ablate": off}, encoder, small_params, n_head)
+        views.attention_view({"prompt": PROMPT, "layer": 1, "head": 2, "ablate": off}, encoder, small_params, n_head)
     assert runs == [frozenset(), frozenset({(0, 1)})]  # once per prompt and set of heads switched off
     assert [t["sampled_prob"] for t in answers[0]["tokens"]] != [t["sampled_prob"] for t in answers[1]["tokens"]]
     assert [t["logprob"] for t in answers[0]["tokens"]] == [t["logprob"] for t in answers[1]["tokens"]]
-    assert answers[0] == serve.next_view({"prompt": PROMPT}, encoder, small_params, n_head)  # nothing written
+    assert answers[0] == views.next_view({"prompt": PROMPT}, encoder, small_params, n_head)  # nothing written
 
 
 def test_views_asked_at_once_wait_for_one_forward_pass_and_a_failed_one_is_run_again(
@@ -448,9 +448,9 @@ def test_views_asked_at_once_wait_for_one_forward_pass_and_a_failed_one_is_run_a
 ):
     from concurrent.futures import ThreadPoolExecutor
 
-    import serve
+    from serve import views
 
-    runs, inside = [], serve.inside
+    runs, inside = [], views.inside
 
     def slow_inside(*args):  # long enough for the other requests to come while it runs
         runs.append(args[3])
@@ -459,9 +459,9 @@ def test_views_asked_at_once_wait_for_one_forward_pass_and_a_failed_one_is_run_a
             raise MemoryError("planted")
         return inside(*args)
 
-    monkeypatch.setattr(serve, "inside", slow_inside)
-    monkeypatch.setattr(serve, "KEPT_PASSES", {})
-    views = [serve.lens_view, serve.next_view, serve.attention_view, serve.lens_view]
+    monkeypatch.setattr(views, "inside", slow_inside)
+    monkeypatch.setattr(views, "KEPT_PASSES", {})
+    views = [views.lens_view, views.next_view, views.attention_view, views.lens_view]
 
     def ask(view):
         try:
@@ -713,13 +713,14 @@ HOLD_THE_NEXT_LENS = """() => {  // the next answer of /v1/lens reaches the page
 def in_process(small_params, encoder, monkeypatch):
     """The server in this process, on the small model (so that a test can slow the model down or break
     it): (base URL, the rows the decoder was given)."""
-    import serve
+    from serve.app import App
+    from serve.server import bind, serve
 
-    server = serve.bind("127.0.0.1", 0)
-    app = serve.App(MODEL, encoder, small_params, SMALL_HPARAMS["n_head"], batch_size=16)
+    server = bind("127.0.0.1", 0, 64)
+    app = App(MODEL, encoder, small_params, SMALL_HPARAMS["n_head"], batch_size=16)
     rows, put = [], app.decoder.waiting.put
     monkeypatch.setattr(app.decoder.waiting, "put", lambda row: (rows.append(row), put(row)))
-    thread = threading.Thread(target=serve.serve, args=(server, app))
+    thread = threading.Thread(target=serve, args=(server, app))
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", rows
     server.shutdown()
@@ -753,10 +754,10 @@ def test_a_client_that_leaves_costs_no_more_compute(in_process, monkeypatch):
 
 
 def test_a_failure_of_the_model_costs_its_requests_not_the_server(in_process, monkeypatch):
-    import gpt2
+    import batching
 
     url, _ = in_process
-    prefill, failures = gpt2.prefill_rows, []
+    prefill, failures = batching.prefill_rows, []
 
     def failing_once(*args, **kwargs):
         if not failures:
@@ -764,7 +765,7 @@ def test_a_failure_of_the_model_costs_its_requests_not_the_server(in_process, mo
             raise MemoryError("no memory left")
         return prefill(*args, **kwargs)
 
-    monkeypatch.setattr(gpt2, "prefill_rows", failing_once)
+    monkeypatch.setattr(batching, "prefill_rows", failing_once)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
     with pytest.raises(openai.InternalServerError) as caught:
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3)
@@ -774,11 +775,12 @@ def test_a_failure_of_the_model_costs_its_requests_not_the_server(in_process, mo
 
 def test_a_failure_after_a_request_joined_fails_the_newcomer_too(in_process, monkeypatch):
     """B joins A's running batch; the next step fails: both requests get the error, neither hangs."""
+    import batching
     import gpt2
 
     url, _ = in_process
-    prefill, step, prefills = gpt2.prefill_rows, gpt2.gpt2_cached, []
-    monkeypatch.setattr(gpt2, "prefill_rows", lambda *args, **kwargs: (prefills.append(1), prefill(*args, **kwargs))[1])
+    prefill, step, prefills = batching.prefill_rows, gpt2.gpt2_cached, []
+    monkeypatch.setattr(batching, "prefill_rows", lambda *args, **kwargs: (prefills.append(1), prefill(*args, **kwargs))[1])
 
     def slow_then_failing(*args, **kwargs):
         time.sleep(0.03)
@@ -820,17 +822,17 @@ def test_a_request_joins_the_batch_that_is_running(in_process, monkeypatch):
 def test_an_error_inside_a_stream_ends_it_with_an_error_event(in_process, monkeypatch):
     """The status line is sent: the error must be an event of the stream, then [DONE], not a second
     HTTP response written into the body."""
-    import serve
+    from serve.completions import Completion
 
     url, _ = in_process
-    chunks = serve.Completion.chunks
+    chunks = Completion.chunks
 
     def failing(self, connection):
         stream = chunks(self, connection)
         yield next(stream)
         raise KeyError("a bug")
 
-    monkeypatch.setattr(serve.Completion, "chunks", failing)
+    monkeypatch.setattr(Completion, "chunks", failing)
     body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 5, "stream": True}).encode()
     request = urllib.request.Request(f"{url}/v1/completions", body)
     with urllib.request.urlopen(request, timeout=30) as response:

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from helpers import PROMPT, ServerProcess
 
-import serve
+from serve import completions, server
 
 pytestmark = pytest.mark.slow  # servers in new processes
 
@@ -102,12 +102,12 @@ def test_a_client_that_left_is_seen_on_any_descriptor(many_files):
     try:
         ours, theirs = socket.socketpair()
         assert ours.fileno() > 1100
-        assert not serve.client_left(ours)
+        assert not completions.client_left(ours)
         theirs.sendall(b"GET / HTTP/1.1\r\n")  # a next request, pipelined: still there
-        assert not serve.client_left(ours)
+        assert not completions.client_left(ours)
         theirs.close()
         ours.recv(100)
-        assert serve.client_left(ours)
+        assert completions.client_left(ours)
         ours.close()
     finally:
         for s in held:
@@ -156,7 +156,7 @@ def test_sigterm_exits_in_bounded_time_whatever_a_client_trickles(small_models_d
             stop.set()
             trickler.join()
             connection.close()
-        assert took < (serve.SHUTDOWN_SECONDS + 3 if in_request else 3), took
+        assert took < (server.SHUTDOWN_SECONDS + 3 if in_request else 3), took
         process.reader.join(timeout=10)
         assert "terminated (SIGTERM)" in process.log()
 
@@ -167,7 +167,7 @@ def test_a_body_shorter_than_its_content_length_gets_400(served):
         started, answer = time.monotonic(), b""
         while piece := connection.recv(65536):
             answer += piece
-    assert time.monotonic() - started < serve.BODY_SECONDS + 5
+    assert time.monotonic() - started < server.BODY_SECONDS + 5
     assert answer.startswith(b"HTTP/1.1 400") and b"the body ended before its Content-Length of 100" in answer
 
 

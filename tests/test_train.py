@@ -11,7 +11,8 @@ from helpers import N_HEAD, SMALL_HPARAMS, at, needs, ours_path, train_args
 
 import gpt2
 import train
-import trainer
+from training import data, loop, saving
+from training import options as run_options
 
 
 def random_batch(seed, n_batch, n_seq):
@@ -83,7 +84,7 @@ def test_micro_batches_accumulate_to_the_gradient_of_their_whole_batch(small_par
     """--grad_accum: two micro-batches of 2 give one batch of 4's loss and gradients."""
     batch = random_batch(3, 4, 24)
     loss, grads = train.loss_and_grads(small_params, batch, N_HEAD)
-    accumulated_loss, accumulated = trainer.accumulated_grads(
+    accumulated_loss, accumulated = loop.accumulated_grads(
         small_params, [(batch[:2], None), (batch[2:], None)], N_HEAD
     )
     assert abs(accumulated_loss - loss) <= 1e-5 * loss
@@ -114,8 +115,8 @@ def test_the_token_cache_tells_two_tokenizers_of_one_size_apart(encoder, tmp_pat
     other.encoder["Hello"], other.encoder["\u0120world"] = b, a  # the same vocabulary, two ids swapped
     other.decoder, other.cache = {i: token for token, i in other.encoder.items()}, {}
     documents = ["Hello world, Hello world"]
-    first = trainer.tokenize(documents, encoder, str(tmp_path))
-    second = trainer.tokenize(documents, other, str(tmp_path))
+    first = data.tokenize(documents, encoder, str(tmp_path))
+    second = data.tokenize(documents, other, str(tmp_path))
     assert first.tolist() == [*encoder.encode(documents[0]), gpt2.END_OF_TEXT]
     assert second.tolist() == [*other.encode(documents[0]), gpt2.END_OF_TEXT] != first.tolist()
 
@@ -129,7 +130,7 @@ def test_tokenizing_removes_a_dead_runs_partial_file_but_not_a_live_ones(encoder
     dead, alive = tmp_path / f"a.npy.{int(finished.stdout)}.partial", tmp_path / f"b.npy.{os.getppid()}.partial"
     dead.write_bytes(b"cut short")
     alive.write_bytes(b"being written")
-    trainer.tokenize(["Hello world"], encoder, str(tmp_path))
+    data.tokenize(["Hello world"], encoder, str(tmp_path))
     assert not dead.exists() and alive.exists()
 
 
@@ -245,7 +246,7 @@ def test_a_small_model_learns_real_text(tmp_path):
     write_openai_model_dir(str(tmp_path / "models" / "124M"), SMALL_HPARAMS, random_openai_variables(SMALL_HPARAMS, 0))
     args = [str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"), "--out", str(tmp_path / "run")]
     args += ["--steps", "100", "--block_size", "64", "--batch_size", "4", "--learning_rate", "6e-3"]
-    trainer.main([*args, "--warmup_steps", "10", "--eval_every", "100", "--sample_every", "0", "--save_every", "100"])
+    loop.main([*args, "--warmup_steps", "10", "--eval_every", "100", "--sample_every", "0", "--save_every", "100"])
     (tokens_path,) = glob.glob(str(tmp_path / "models" / "tokens" / "*.npy"))
     ids = np.load(tokens_path)
     counts = np.bincount(ids[: int(len(ids) * 0.95)]).astype(np.float64)  # the training part (--val_fraction 0.05)
@@ -293,8 +294,8 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
     from storage import run_folder
 
     out = small_run / "run"
-    trainer.main([*train_args(small_run, "--steps", "2", "--save_every", "1"), "--out", str(out)])
-    before = {name: (out / name).read_bytes() for name in trainer.RUN_FILES}
+    loop.main([*train_args(small_run, "--steps", "2", "--save_every", "1"), "--out", str(out)])
+    before = {name: (out / name).read_bytes() for name in saving.RUN_FILES}
     replace = os.replace
 
     def power_cut_before_commit(source, target):
@@ -304,11 +305,11 @@ def test_an_interrupted_save_leaves_the_previous_one(small_run, monkeypatch):
 
     monkeypatch.setattr(os, "replace", power_cut_before_commit)
     with pytest.raises(SystemExit):
-        trainer.main([*train_args(small_run, "--steps", "4", "--save_every", "1"), "--out", str(out)])  # resumes
+        loop.main([*train_args(small_run, "--steps", "4", "--save_every", "1"), "--out", str(out)])  # resumes
     monkeypatch.setattr(os, "replace", replace)
     assert any(name.endswith(".partial") for name in os.listdir(out))
     run_folder.finish(str(out))  # what the next start does first
-    assert {name: (out / name).read_bytes() for name in trainer.RUN_FILES} == before
+    assert {name: (out / name).read_bytes() for name in saving.RUN_FILES} == before
     assert not any(name.endswith(".partial") for name in os.listdir(out))
 
 
@@ -318,7 +319,7 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
 
     (tmp_path / "notes.txt").write_text("some text")
     with pytest.raises(SystemExit) as stopped:
-        trainer.main([str(tmp_path / "notes.txt"), "--out", str(tmp_path / "notes.txt")])
+        loop.main([str(tmp_path / "notes.txt"), "--out", str(tmp_path / "notes.txt")])
     assert_clean_error(Result(stopped.value.code, *capsys.readouterr()), "is a file: give a folder for the run")
     assert stopped.value.code == 2
 
@@ -327,13 +328,13 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
 def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, capsys):
     """They change nothing the run computes; another learning rate does, and is refused."""
     out = small_run / "run"
-    trainer.main([*train_args(small_run, "--steps", "2", "--eval_every", "1"), "--out", str(out)])
-    trainer.main([*train_args(small_run, "--steps", "3", "--eval_every", "2", "--save_every", "7"), "--out", str(out)])
+    loop.main([*train_args(small_run, "--steps", "2", "--eval_every", "1"), "--out", str(out)])
+    loop.main([*train_args(small_run, "--steps", "3", "--eval_every", "2", "--save_every", "7"), "--out", str(out)])
     assert "resuming the run in" in capsys.readouterr().err
     state = __import__("json").loads((out / "state.json").read_text())
-    assert set(state["options"]) < {action.dest for action in trainer.make_parser()._actions}  # options, no data
+    assert set(state["options"]) < {action.dest for action in run_options.make_parser()._actions}  # options, no data
     with pytest.raises(SystemExit) as stopped:
-        trainer.main([*train_args(small_run, "--steps", "4", "--learning_rate", "1"), "--out", str(out)])
+        loop.main([*train_args(small_run, "--steps", "4", "--learning_rate", "1"), "--out", str(out)])
     assert stopped.value.code == 1 and "was started with other options: --learning_rate 1.0 (the run has 0.0001)" in (
         capsys.readouterr().err
     )
@@ -343,11 +344,11 @@ def test_a_run_resumes_with_other_eval_sample_and_save_intervals(small_run, caps
 def test_a_run_starts_from_another_run_folder_given_as_model(small_run):
     """--model RUN starts from that run's weights: one step at learning rate 0 keeps them as they are."""
     first, second = small_run / "first", small_run / "second"
-    trainer.main([*train_args(small_run, "--steps", "2", "--learning_rate", "1e-2"), "--out", str(first)])
-    trainer.main(
+    loop.main([*train_args(small_run, "--steps", "2", "--learning_rate", "1e-2"), "--out", str(first)])
+    loop.main(
         [*train_args(small_run, "--steps", "1", "--learning_rate", "0"), "--model", str(first), "--out", str(second)]
     )
-    trained, started = trainer.load_run_params(str(first)), trainer.load_run_params(str(second))
+    trained, started = saving.load_run_params(str(first)), saving.load_run_params(str(second))
     for (path, a), (_, b) in zip(train.leaves(trained), train.leaves(started)):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
 
@@ -361,8 +362,8 @@ def test_the_run_folder_loads_in_gpt2_and_in_huggingface(small_run, capsys):
     import utils
 
     out = small_run / "run"
-    trainer.main([*train_args(small_run, "--steps", "3", "--learning_rate", "1e-2"), "--out", str(out)])
-    params = trainer.load_run_params(str(out))
+    loop.main([*train_args(small_run, "--steps", "3", "--learning_rate", "1e-2"), "--out", str(out)])
+    params = saving.load_run_params(str(out))
     _, hparams, loaded = utils.load_model(str(out), str(small_run / "models"))
     ids = random_batch(7, 1, 30)[0].tolist()
     ours = gpt2.gpt2(ids, **loaded, n_head=hparams["n_head"])
@@ -403,7 +404,7 @@ def test_bad_data_is_refused_with_its_file_and_line(small_run, capsys, write, me
     write(data)
     models = small_run / "no models"
     with pytest.raises(SystemExit) as stopped:
-        trainer.main(
+        loop.main(
             [
                 str(next(data.iterdir())),
                 "--models_dir",
@@ -429,7 +430,7 @@ def test_a_data_folder_leaves_out_hidden_files_and_files_that_are_not_text(tmp_p
     (tmp_path / "notes" / ".git").mkdir()
     (tmp_path / "notes" / ".git" / "HEAD").write_text("ref: refs/heads/main")
     (tmp_path / "notes" / ".DS_Store").write_bytes(b"\x00\x01")
-    assert trainer.read_documents([str(tmp_path / "notes")]) == ["first", "second"]
+    assert data.read_documents([str(tmp_path / "notes")]) == ["first", "second"]
     assert "skipped 1 file, not UTF-8 text: " in capsys.readouterr().err
 
 
@@ -451,15 +452,15 @@ def test_usage_mistakes_exit_2_before_any_work(tmp_path, capsys, args, message):
     from helpers import Result, assert_clean_error
 
     with pytest.raises(SystemExit) as stopped:
-        trainer.main(["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args])
+        loop.main(["data.txt", "--out", str(tmp_path / "run"), "--models_dir", str(tmp_path), *args])
     assert_clean_error(Result(stopped.value.code, *capsys.readouterr()), message)
     assert stopped.value.code == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(small_run, monkeypatch, capsys):
-    monkeypatch.setattr(trainer, "memory_available", lambda: 10_000_000)
+    monkeypatch.setattr(run_options, "memory_available", lambda: 10_000_000)
     with pytest.raises(SystemExit):
-        trainer.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
+        loop.main([*train_args(small_run, "--steps", "2"), "--out", str(small_run / "run")])
     error = capsys.readouterr().err
     assert error.startswith("error: this run needs about 0.1 GB and 0.0 GB are available: use a smaller --batch_size")
     assert not (small_run / "run").exists()

@@ -13,14 +13,14 @@ import time
 import pytest
 from helpers import REPO_DIR, assert_clean_error, train_args, train_in_process
 
-import trainer
 from storage import run_folder
+from training import data, loop, saving
 
 pytestmark = pytest.mark.slow  # each trains a small model
 
 
 def train(capsys, base, *args):
-    """trainer.main on small_run's data and models, in this process: a Result."""
+    """training.loop.main on small_run's data and models, in this process: a Result."""
     return train_in_process(capsys, train_args(base, *args))
 
 
@@ -41,7 +41,7 @@ def assert_ends_in_error(result, *fragments):
 
 
 def saved_bytes(out):
-    return {name: (out / name).read_bytes() for name in trainer.RUN_FILES}
+    return {name: (out / name).read_bytes() for name in saving.RUN_FILES}
 
 
 def test_the_same_folders_named_otherwise_resume(trained, capsys, monkeypatch):
@@ -201,7 +201,7 @@ def test_a_disk_that_fills_during_a_save_keeps_the_last_save(small_run, small_di
     assert train(capsys, small_run, "--steps", "1", "--out", str(out)).returncode == 0
     fill(small_disk, 10_000_000)
     if not checked_first:
-        monkeypatch.setattr(trainer, "check_room", lambda *args: None)  # as if another program filled the disk
+        monkeypatch.setattr(saving, "check_room", lambda *args: None)  # as if another program filled the disk
     result = train(capsys, small_run, "--steps", "2", "--out", str(out))
     assert_ends_in_error(result, f"not enough space in {out} to save the run at step 2: ", " MB needed, ", " MB free")
     assert result.stderr.strip().endswith("; the save at step 1 is kept")
@@ -217,18 +217,18 @@ def test_a_disk_that_fills_during_the_log_keeps_the_last_save(small_run, small_d
     until one does not fit, torn where the page ends."""
     out = small_disk / "run"
     assert train(capsys, small_run, "--steps", "1", "--out", str(out)).returncode == 0
-    step = trainer.accumulated_grads
+    step = loop.accumulated_grads
 
     def filling_the_disk(*args):
         if not (small_disk / "filler").exists():
             fill(small_disk, 0)
         return step(*args)
 
-    monkeypatch.setattr(trainer, "accumulated_grads", filling_the_disk)
+    monkeypatch.setattr(loop, "accumulated_grads", filling_the_disk)
     result = train(capsys, small_run, "--steps", "100", "--save_every", "1000", "--out", str(out))
     assert_ends_in_error(result, f"not enough space in {out} to write log.jsonl: the disk is full; the save at step 1")
     assert not (out / "log.jsonl").read_text().endswith("\n")  # torn
-    monkeypatch.setattr(trainer, "accumulated_grads", step)
+    monkeypatch.setattr(loop, "accumulated_grads", step)
     (small_disk / "filler").unlink()
     result = train(capsys, small_run, "--steps", "3", "--out", str(out))
     assert result.returncode == 0 and "log.jsonl: cut back to step 1" in result.stderr, result.stderr
@@ -240,11 +240,11 @@ def test_a_data_folder_skips_pipes_and_refuses_empty_files(tmp_path, capsys):
     notes.mkdir()
     (notes / "a.txt").write_text("some text")
     os.mkfifo(notes / "pipe")  # reading it would wait for a writer for ever
-    assert trainer.read_documents([str(notes)]) == ["some text"]
+    assert data.read_documents([str(notes)]) == ["some text"]
     assert f"skipped 1 file, not a regular file: {notes / 'pipe'}" in capsys.readouterr().err
     (notes / "b.txt").write_text("\n")
     with pytest.raises(ValueError, match="b.txt is empty: there is nothing in it to train on"):
-        trainer.read_documents([str(notes)])
+        data.read_documents([str(notes)])
 
 
 def test_a_run_saved_by_an_older_train_py_resumes(trained, capsys):

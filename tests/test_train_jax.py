@@ -192,7 +192,7 @@ def test_a_coordinator_that_never_answers_ends_in_one_line(small_run):
         port = s.getsockname()[1]
     args = train_args(small_run, "--out", str(small_run / "run"), "--coordinator", f"127.0.0.1:{port}")
     args += ["--num_processes", "2", "--process_id", "1", "--backend", "jax"]
-    script = f"import train_jax, trainer; train_jax.INITIALIZATION_SECONDS = 5; trainer.main({args!r})"
+    script = f"from training import jax_step, loop; jax_step.INITIALIZATION_SECONDS = 5; loop.main({args!r})"
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_DIR, capture_output=True, text=True, timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -201,7 +201,7 @@ def test_a_coordinator_that_never_answers_ends_in_one_line(small_run):
 
 def test_without_jax_the_jax_backend_says_what_to_install(small_run):
     args = train_args(small_run, "--out", str(small_run / "run"), "--backend", "jax")
-    script = f"import sys; sys.modules['jax'] = None; import trainer; trainer.main({args!r})"  # as if not installed
+    script = f"import sys; sys.modules['jax'] = None; from training import loop; loop.main({args!r})"  # as if not installed
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
         "error: --backend jax needs JAX: pip install jax (or jax[cuda12] for NVIDIA GPUs)"

@@ -16,8 +16,8 @@ from helpers import REPO_DIR, assert_clean_error, at, cli, ours_path, stopped_on
 
 import gpt2
 import train
-import trainer
 from encoder import bytes_only
+from training import data, loop, saving
 
 MIXED_TEXT = "Ça coûte 5 € — naïve façade; 日本語のテキスト, 한국어, and emoji 🤗👍🏽!"
 
@@ -111,18 +111,18 @@ def reversal_run(tmp_path_factory):
     """A small GPT trained from scratch on the reversal pairs: (base, out, the held-out pairs)."""
     base = write_reversal(tmp_path_factory.mktemp("reversal"))
     out = base / "run"
-    trainer.main(
+    loop.main(
         [*pairs_args(base, "--steps", "800", "--eval_every", "800", "--save_every", "1000"), "--out", str(out)]
     )
-    pairs = trainer.read_documents([str(base / "data" / "reverse.jsonl")])
-    return base, out, trainer.held_out_pairs(pairs, 0.05)[1]
+    pairs = data.read_documents([str(base / "data" / "reverse.jsonl")])
+    return base, out, data.held_out_pairs(pairs, 0.05)[1]
 
 
 @pytest.mark.slow
 def test_a_small_model_learns_a_task_from_prompt_completion_pairs(reversal_run):
     """At least 90% of the held-out prompts completed exactly, greedily, ending with <|endoftext|>."""
     _, out, held_out = reversal_run
-    params, encoder = trainer.load_run_params(str(out)), bytes_only()
+    params, encoder = saving.load_run_params(str(out)), bytes_only()
     right = 0
     for pair in held_out:
         new = gpt2.generate(encoder.encode(pair.prompt), params, 4, 8, end_of_text=encoder.end_of_text)
@@ -139,7 +139,7 @@ def test_a_byte_level_run_folder_in_huggingface_and_in_gpt2(reversal_run, capsys
     assert tokenizer(MIXED_TEXT)["input_ids"] == bytes_only().encode(MIXED_TEXT) == list(MIXED_TEXT.encode())
     assert tokenizer.eos_token_id == 256 and len(tokenizer) == 257
     ids = bytes_only().encode("abcde:edcba")
-    params = trainer.load_run_params(str(out))
+    params = saving.load_run_params(str(out))
     model = transformers.GPT2LMHeadModel.from_pretrained(str(out)).eval()
     with torch.no_grad():
         hf_logits = model(torch.tensor([[256, *ids]])).logits[0].numpy()

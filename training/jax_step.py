@@ -1,4 +1,4 @@
-"""train.py's step on JAX: for GPUs, TPUs, and every device of one machine or many.
+"""train.py's step on JAX (--backend jax): for GPUs, TPUs, and every device of one machine or many.
 
 The model is gpt2.py's own functions with `np` bound to jax.numpy (the README's "What next"), the
 loss gpt2.lm_loss (for prompt/completion pairs, the same next-token losses counted by their mask),
