@@ -209,7 +209,7 @@ def test_several_prompts_in_one_request_and_many_clients_at_once(client):
     "options, message",
     [
         ({"max_tokens": 0}, "max_tokens must be a whole number from 1 to 1024, not 0"),
-        ({"temperature": 3}, "temperature must be a number at least 0 and at most 2, not 3"),
+        ({"temperature": 101}, "temperature must be a number at least 0 and at most 100, not 101"),  # as the command line
         ({"top_p": 0}, "top_p must be a number above 0 and at most 1, not 0"),
         ({"n": 17}, "n must be a whole number from 1 to 16, not 17"),
         ({"logprobs": 6}, "logprobs must be a whole number from 0 to 5, not 6"),
@@ -276,6 +276,17 @@ def test_no_path_reads_files(server):
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"{server.url}{path}", timeout=10)
         assert caught.value.code == 404
+
+
+def test_a_path_served_by_another_method_gets_405_with_the_methods_it_takes(server):
+    """HTTP's rule (RFC 9110, 15.5.6): a known path asked with a method it does not take is a 405 with
+    an Allow header, not a 404."""
+    for method, path, allowed in (("GET", "/v1/completions", "POST"), ("POST", "/v1/models", "GET")):
+        request = urllib.request.Request(f"{server.url}{path}", b"{}" if method == "POST" else None, method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 405 and caught.value.headers["Allow"] == allowed
+        assert json.loads(caught.value.read())["error"]["code"] == "method_not_allowed"
 
 
 def test_the_page_is_self_contained(server):
@@ -570,10 +581,10 @@ def test_serve_usage_mistakes_exit_2(capsys, args, message):
     ],
 )
 def test_serve_refuses_every_option_that_a_request_brings(capsys, flag):
-    import cli as cli_module
+    from cli.flags import REQUEST_OPTIONS
 
     name = flag[0].lstrip("-").removeprefix("no") if flag[0] != "-n" else "n_tokens_to_generate"
-    assert name in cli_module.REQUEST_OPTIONS
+    assert name in REQUEST_OPTIONS
     result = cli(capsys, "--serve", *flag)
     assert result.returncode == 2 and f"--{name} is not for --serve" in result.stderr, result.stderr
 
