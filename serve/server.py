@@ -40,7 +40,58 @@ class RequestFailed(RuntimeError):
     """The server failed on a request (the model, or no memory left): status 500, with this message."""
 
 
-class Handler(BaseHTTPRequestHandler):
+class Replies:
+    """How a handler writes its answers: a whole body (JSON, or a page), OpenAI's error object, or a
+    stream of server-sent events in chunks."""
+
+    def stream(self, chunks):
+        """Server-sent events, one for each JSON object of chunks, then [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in chunks:
+                self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:  # the status is sent already: the error goes in the stream, as OpenAI's does
+            if not isinstance(e, RequestFailed):
+                print(f"error while streaming {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
+            message = str(e) if isinstance(e, RequestFailed) else "the server failed to finish this stream"
+            self.write_chunk(f"data: {json.dumps(error_object(message, error_type='server_error'))}\n\n")
+        finally:
+            chunks.close()  # the route's own clean-up, however the stream ended
+        self.write_chunk("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def write_chunk(self, data):
+        data = data.encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def send(self, status, data, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if self.allow:
+            self.send_header("Allow", self.allow)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self.wfile.write(data)
+
+    def send_json(self, status, obj):
+        self.send(status, json.dumps(obj).encode(), "application/json")
+
+    def send_error_json(self, status, message, param=None, code=None, error_type="invalid_request_error"):
+        self.send_json(status, error_object(message, param, code, error_type))
+
+
+class Handler(Replies, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gpt2.py"
     timeout = 60  # seconds a client may take to send its request: a stalled one must not hold a thread for ever
@@ -153,52 +204,6 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise BadRequest(f"the body ended before its Content-Length of {length} bytes", code="invalid_json")
         return data
-
-    def stream(self, chunks):
-        """Server-sent events, one for each JSON object of chunks, then [DONE]."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            for chunk in chunks:
-                self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
-        except (BrokenPipeError, ConnectionResetError):
-            raise
-        except Exception as e:  # the status is sent already: the error goes in the stream, as OpenAI's does
-            if not isinstance(e, RequestFailed):
-                print(f"error while streaming {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
-            message = str(e) if isinstance(e, RequestFailed) else "the server failed to finish this stream"
-            self.write_chunk(f"data: {json.dumps(error_object(message, error_type='server_error'))}\n\n")
-        finally:
-            chunks.close()  # the route's own clean-up, however the stream ended
-        self.write_chunk("data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-
-    def write_chunk(self, data):
-        data = data.encode()
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def send(self, status, data, content_type):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        if self.allow:
-            self.send_header("Allow", self.allow)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        self.wfile.write(data)
-
-    def send_json(self, status, obj):
-        self.send(status, json.dumps(obj).encode(), "application/json")
-
-    def send_error_json(self, status, message, param=None, code=None, error_type="invalid_request_error"):
-        self.send_json(status, error_object(message, param, code, error_type))
 
 
 def error_object(message, param=None, code=None, error_type="invalid_request_error"):
