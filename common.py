@@ -49,7 +49,7 @@ class Parser(argparse.ArgumentParser):
 
     def parse(self, args, namespace=None, extra_positional=None):
         """The flags of args; an unknown flag is refused with the closest known one, an extra word with
-        the message extra_positional(word, the options) makes of it."""
+        the message extra_positional(word, the options, args) makes of it."""
         try:
             options, extras = self.parse_known_args(args, namespace)
         except UsageError:  # a flag missing or misused: an unknown one is the likelier mistake, said first
@@ -59,7 +59,9 @@ class Parser(argparse.ArgumentParser):
             raise
         self.refuse_unknown_flags(extras)
         if extras:
-            raise UsageError(extra_positional(extras[0], options) if extra_positional else f"unexpected {extras[0]!r}")
+            raise UsageError(
+                extra_positional(extras[0], options, args) if extra_positional else f"unexpected {extras[0]!r}"
+            )
         return options
 
     def refuse_unknown_flags(self, words):

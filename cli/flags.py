@@ -4,6 +4,7 @@ before anything is loaded or downloaded.
 """
 
 import os
+import shlex
 
 import gpt2
 import utils
@@ -94,6 +95,8 @@ def check_flags(run):
         raise UsageError(f"give one of a prompt, --file, --jsonl and --interactive, not {both}{' and '.join(modes)}")
     if run.prompt is not None and not isinstance(run.prompt, str):
         raise UsageError(f"the prompt must be text, not {run.prompt!r}")
+    if run.prompt is not None:
+        check_utf8(run.prompt)
     checked(utils.check_model_choice, run.model, run.model_size)
     if run.revision != "main" and run.model is None:
         raise UsageError("--revision goes with --model NAME, a model on the HuggingFace hub")
@@ -145,8 +148,27 @@ def check_serving(run, modes):
     checked(check_whole_number, "max_connections", run.max_connections, 1)
 
 
-def several_words(word, run):  # a second word: the prompt was not quoted
+def several_words(word, run, args):  # a second word: the prompt was not quoted, or flags came after "--"
+    if "--" in args and args.index("--") < args.index(word):  # "--": every word after it is the prompt
+        end = args.index("--")
+        flags = args[:end] + args[end + 2 :]
+        return (
+            f"unexpected argument {word!r}: after --, every word is the prompt; give the flags before it, "
+            f"as in {shlex.join(['python', 'gpt2.py', *flags, '--', args[end + 1]])}"
+        )
     return f"unexpected argument {word!r}: a prompt of several words goes in quotes, as in python gpt2.py {f'{run.prompt} {word}'!r}"
+
+
+def check_utf8(prompt):
+    """A command line's bytes that are not UTF-8 reach Python as lone surrogates (PEP 383): named here,
+    before the encoder would fail on them with a codec's message."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = prompt[e.start : e.end].encode("utf-8", "surrogateescape")
+        raise UsageError(
+            f"the prompt is not UTF-8 text (its byte {raw[0]:#04x} at character {e.start}): give it in UTF-8"
+        ) from None
 
 
 PARSER, REQUEST_OPTIONS = make_parser()  # REQUEST_OPTIONS: the flags that a request to --serve brings itself

@@ -18,7 +18,7 @@ from cli.flags import PARSER, check_flags, several_words
 from common import run_command
 from gpt2 import plural
 from storage import hf
-from storage.files import JsonlError, partial_path, read_jsonl, read_utf8, remove_leftovers
+from storage.files import JsonlError, partial_path, read_jsonl, read_utf8, remove_leftovers, source_name
 from utils import DEFAULT_MODEL_SIZE, load_model
 
 SAMPLE_HEADER = "======== SAMPLE {} ========"  # as OpenAI's sampling scripts print them
@@ -66,15 +66,18 @@ def bar(fraction, width):
 
 
 def read_text(run):
-    """The text to work on: the prompt, standard input if it is "-", or the file."""
-    if run.file is not None:
-        text = read_utf8(run.file)
-        if not text.strip() and not run.score:
-            raise ValueError(f'{run.file} holds no text to continue (for a fresh document, give the prompt "")')
-        return text
-    if run.prompt == "-":  # `echo text |` adds a newline that is not part of the prompt
-        return read_utf8("-").removesuffix("\n").removesuffix("\r")
-    return run.prompt
+    """The text to work on: the prompt, or the text of standard input ("-") or of the file. A fresh
+    document is asked for by the prompt "": standard input or a file that holds no text is refused, as a
+    --jsonl that holds no line is."""
+    if run.file is None and run.prompt != "-":
+        return run.prompt
+    source = "-" if run.file is None else run.file
+    text = read_utf8(source)
+    if source == "-":  # `echo text |` adds a newline that is not part of the prompt
+        text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip() and not run.score:  # (scoring refuses a text of under two tokens itself)
+        raise ValueError(f'{source_name(source)} holds no text to continue (for a fresh document, give the prompt "")')
+    return text
 
 
 def print_generation(run, input_ids):
@@ -210,16 +213,21 @@ def interactive_loop(run):
     """Like OpenAI's interactive_conditional_samples.py: a prompt, its continuation, and again. At a
     terminal, Ctrl-C stops a generation and asks again; at the prompt it ends the program (exit 130),
     and so does Ctrl-C at any time when the prompts come from a pipe or a file. The end of the input
-    (Ctrl-D, or the end of a pipe) ends it with exit 0."""
+    (Ctrl-D, or the end of a pipe) ends it with exit 0. The prompt goes to the terminal; when the
+    prompts come from a pipe or a file it goes to stderr, as Python's own does, so that standard output
+    holds the results only."""
     at_terminal = sys.stdin.isatty()
+    shown = sys.stdout if at_terminal else sys.stderr
     while True:
         try:
-            text = input(INTERACTIVE_PROMPT)
+            if not at_terminal:
+                print(INTERACTIVE_PROMPT, end="", file=sys.stderr, flush=True)
+            text = input(INTERACTIVE_PROMPT if at_terminal else "")  # at a terminal, readline knows the prompt
         except EOFError:
-            print()
+            print(file=shown)
             return
         except KeyboardInterrupt:
-            print()
+            print(file=shown)
             sys.exit(130)
         if not text.strip():
             continue
@@ -261,6 +269,8 @@ def execute(run):
         return serve_model(run)
     if run.jsonl is not None:
         source, records = read_jsonl(str(run.jsonl), "text" if run.score else "prompt")
+        if not records:
+            raise ValueError(f"{source} holds no JSON lines: nothing to {'score' if run.score else 'continue'}")
     elif not run.interactive:
         text = read_text(run)
     run.load()

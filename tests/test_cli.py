@@ -2,7 +2,9 @@
 every kind of bad input. Mistakes are checked in this process (cli.run_command_line, what `python
 gpt2.py` runs); a few runs go through a new process, where the process is what is tested."""
 
+import io
 import os
+import shlex
 import shutil
 import sys
 
@@ -84,11 +86,35 @@ def test_a_models_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert result.returncode == 2
 
 
-def test_an_empty_file_is_refused_rather_than_sampled_from_nothing(small_models_dir, tmp_path, capsys):
-    (tmp_path / "empty.txt").write_text("\n")
-    result = cli(capsys, "--file", str(tmp_path / "empty.txt"), "--models_dir", str(small_models_dir))
-    assert_clean_error(result, "holds no text to continue")
+@pytest.mark.parametrize("source", ["--file", "-", "--jsonl"])
+def test_an_empty_source_is_refused_rather_than_sampled_from_nothing(
+    source, small_models_dir, tmp_path, capsys, monkeypatch
+):
+    """One rule: a fresh document is the prompt "", and a file, standard input or JSON Lines with no text
+    in them is a mistake, said in one line."""
+    (tmp_path / "empty").write_text("\n")
+    if source == "-":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\n")))
+    args = ["-"] if source == "-" else [source, str(tmp_path / "empty")]
+    result = cli(capsys, *args, "--models_dir", str(small_models_dir))
+    assert_clean_error(result, "holds no JSON lines" if source == "--jsonl" else "holds no text to continue")
     assert result.returncode == 1
+
+
+def test_flags_after_double_dash_get_a_hint_that_works(small_models_dir, capsys):
+    result = cli(capsys, "--models_dir", str(small_models_dir), "--", "-5 degrees is", "-n", "2")
+    assert_clean_error(result, "after --, every word is the prompt; give the flags before it")
+    hint = shlex.split(result.stderr.split("as in ", 1)[1])
+    assert hint[:2] == ["python", "gpt2.py"] and hint[-2:] == ["--", "-5 degrees is"]
+    fixed = cli(capsys, *hint[2:])
+    assert fixed.returncode == 0 and fixed.stdout.strip(), fixed.stderr
+
+
+def test_a_prompt_that_is_not_utf8_is_named_as_the_prompt(tmp_path, capsys):
+    prompt = b"caf\xe9".decode("utf-8", "surrogateescape")  # a Latin-1 byte, as a command line brings it (PEP 383)
+    result = cli(capsys, prompt, "--models_dir", str(tmp_path))
+    assert_clean_error(result, "the prompt is not UTF-8 text (its byte 0xe9 at character 3)")
+    assert result.returncode == 2 and os.listdir(tmp_path) == []
 
 
 @pytest.mark.slow

@@ -148,10 +148,10 @@ def test_interactive_through_piped_input(small_models_dir, capsys):
     assert result.returncode == 0, result.stderr
     expected = ""
     for prompt in prompts:
-        expected += "Model prompt >>> "
         if prompt:  # an empty line asks again
             expected += cli(capsys, prompt, "-n", "6", "--models_dir", str(small_models_dir)).stdout
-    assert result.stdout == expected + "Model prompt >>> \n"  # then the end of input ends it
+    assert result.stdout == expected  # the results only: the prompts go to stderr, as Python's own do
+    assert result.stderr == "Model prompt >>> " * 4 + "\n"  # then the end of input ends it
 
 
 @pytest.mark.slow
@@ -160,16 +160,16 @@ def test_interactive_samples(small_models_dir, capsys):
     result = run_gpt2("--interactive", *args, stdin=PROMPT + "\n")
     assert result.returncode == 0, result.stderr
     alone = cli(capsys, PROMPT, *args).stdout
-    assert result.stdout == "Model prompt >>> " + alone + "Model prompt >>> \n"
+    assert result.stdout == alone and result.stderr == "Model prompt >>> " * 2 + "\n"
 
 
 @pytest.mark.slow
 def test_interactive_ctrl_c_at_the_prompt_exits_130_quietly(small_models_dir):
     process = start_gpt2("--interactive", "--models_dir", str(small_models_dir), stdin=subprocess.PIPE)
-    read_until(process.stdout, ">>> ")
+    read_until(process.stderr, ">>> ")  # prompts from a pipe: the prompt on stderr, as Python's own
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and stderr == ""
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stdout == "" and stderr == "\n"  # the line ended, nothing more
 
 
 @pytest.mark.slow
@@ -178,12 +178,12 @@ def test_interactive_ctrl_c_with_piped_prompts_ends_the_run(small_models_dir, tm
     (tmp_path / "prompts.txt").write_text("Hello\n" * 2000)
     with open(tmp_path / "prompts.txt") as stdin:
         process = start_gpt2("--interactive", "-n", "60", "--models_dir", str(small_models_dir), stdin=stdin)
-    read_until(process.stdout, ">>> ")
+    read_until(process.stderr, ">>> ")
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert stderr in ("", "interrupted\n")  # at the prompt, or during a generation
-    assert "(stopped)" not in stdout and stdout.count(">>> ") < 2000
+    assert stderr.replace("Model prompt >>> ", "") in ("\n", "interrupted\n")  # at the prompt, or during a generation
+    assert "(stopped)" not in stderr and stderr.count(">>> ") < 2000
 
 
 @pytest.mark.parametrize(
