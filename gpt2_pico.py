@@ -58,10 +58,10 @@ def generate(inputs, params, n_head, n_tokens_to_generate):
     return ids[len(inputs) :]
 
 
-def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir="models"):
-    from utils import load_encoder_hparams_and_params
+def main(prompt, n_tokens_to_generate=40, model_size="124M", models_dir=None):
+    from utils import DEFAULT_MODELS_DIR, load_encoder_hparams_and_params  # gpt2.py's models folder
 
-    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir)
+    encoder, hparams, params = load_encoder_hparams_and_params(model_size, models_dir or DEFAULT_MODELS_DIR)
     input_ids = encoder.encode(prompt)
     assert len(input_ids) + n_tokens_to_generate <= hparams["n_ctx"]
     output_ids = generate(input_ids, params, hparams["n_head"], n_tokens_to_generate)

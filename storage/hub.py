@@ -9,6 +9,7 @@ import numpy as np
 
 from . import hf, npy_copy
 from .download import NotFound, download_file, http_session
+from .files import megabytes
 from .model_folder import expected_shapes, model_lock, nest
 
 
@@ -62,10 +63,21 @@ def load_hf_folder(folder, work_dir, name):
     if flat is None:
         with model_lock(work_dir):
             if npy_copy.load(work_dir, shapes, source) is None:
-                print(f"Converting the weights of {name} to NumPy arrays in {work_dir} (only once).", file=sys.stderr)
                 needed = 4 * sum(int(np.prod(shape)) for shape in shapes.values())
+                print(conversion_note(name, work_dir, needed), file=sys.stderr)
                 npy_copy.write(work_dir, hf.tensors(weights), shapes, source, needed, weights, hf.CONFIG)
         flat = npy_copy.load(work_dir, shapes, source)
         if flat is None:
             raise OSError(f"could not read back the converted copy in {work_dir}/npy")
     return encoder, hparams, nest(flat)
+
+
+def conversion_note(name, work_dir, n_bytes):
+    """What converting a folder's weights costs, said once per conversion: where the copy goes and its
+    size; and, for weights that changed since (a training run's, after each save), why it comes again."""
+    if os.path.isdir(os.path.join(work_dir, npy_copy.CONVERTED_DIR)):
+        return f"The weights of {name} changed since they were converted: converting them again in {work_dir}."
+    return (
+        f"Converting the weights of {name} to NumPy arrays in {work_dir}: {megabytes(n_bytes)} kept for fast "
+        "loads, again only when the weights change (delete the folder to free the space)."
+    )

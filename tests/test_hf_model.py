@@ -277,11 +277,15 @@ def test_a_tokenizer_json_alone_is_read(folder_copy, tmp_path, tiktoken_gpt2, me
 
 
 @pytest.mark.slow
-def test_weights_changed_in_place_are_converted_again(folder_copy, tmp_path):
+def test_weights_changed_in_place_are_converted_again(folder_copy, tmp_path, capsys):
     """A run folder trained further keeps its header byte for byte (the same names, shapes and
-    offsets): loaded again, it gives the new weights, not the old converted copy."""
+    offsets): loaded again, it gives the new weights, not the old converted copy. The first
+    conversion says where its copy goes and how large it is; the next says why it comes again."""
     _, _, before = utils.load_model(str(folder_copy), str(tmp_path / "models"))
     before = np.array(before["wte"])
+    n_bytes = sum(4 * value.size for value in tensors_in(folder_copy))
+    first = capsys.readouterr().err
+    assert f"to NumPy arrays in {tmp_path / 'models' / 'hf' / 'local'}" in first and f"{n_bytes / 1e6:,.0f} MB kept" in first
     weights = folder_copy / "model.safetensors"
     data = weights.read_bytes()
     start = 8 + int.from_bytes(data[:8], "little")
@@ -289,6 +293,12 @@ def test_weights_changed_in_place_are_converted_again(folder_copy, tmp_path):
     weights.write_bytes(data[:start] + (np.frombuffer(data[start:], "<f4") + np.float32(0.5)).tobytes())
     _, _, after = utils.load_model(str(folder_copy), str(tmp_path / "models"))
     np.testing.assert_array_equal(after["wte"], before + np.float32(0.5))
+    assert "changed since they were converted: converting them again" in capsys.readouterr().err
+
+
+def tensors_in(folder):  # the tensors of a safetensors file, as the safetensors package reads them
+    safetensors = pytest.importorskip("safetensors.numpy")
+    return safetensors.load_file(str(folder / "model.safetensors")).values()
 
 
 def test_a_config_that_spells_out_n_inner_is_read(folder_copy, tmp_path):
