@@ -1,17 +1,20 @@
-"""GPT-2 in NumPy: the forward pass as small pure functions, generation and scoring.
+"""GPT-2 in NumPy: the forward pass as small functions, generation and scoring.
 
     python gpt2.py "Alan Turing theorized that computers would one day become" --n_tokens_to_generate 8
 
-runs the command line, the folder cli/, on top of these functions. Read it top to bottom: the building blocks first, then one transformer block, then the whole model.
+runs the command line, the folder cli/, on top of these functions. Read it top to bottom: the building
+blocks first, then one transformer block, then the whole model; then the KV cache that makes
+generation fast, sampling, generation and scoring. The model's functions are pure: each returns a new
+array and changes none it is given. The one exception is the KV cache, whose buffers are written in
+place as it fills (gpt2_cached).
 Shapes are in the comments: n_seq tokens, n_embd features, n_head heads, n_vocab vocabulary entries;
 `...` stands for leading axes, none for one text and [n_batch] for rows of several.
 Every array is float32; constants are Python floats, because a NumPy float64 scalar such as
 np.sqrt(2 / np.pi) would silently turn float32 arrays into slower float64 ones.
 
 The model (gelu to gpt2, and lm_loss) also runs on JAX, on a GPU or TPU, when `import numpy as np`
-becomes `import jax.numpy as np` (README: What next). In-place operators (`y *= c`) save NumPy a
-temporary array; JAX's arrays are immutable, and there Python reads them as `y = y * c`. The KV-cached
-path, sampling and scoring stay NumPy.
+becomes `import jax.numpy as np` (docs/notebook.md: What next). The KV-cached path, sampling and
+scoring stay NumPy.
 """
 
 import math
@@ -34,46 +37,21 @@ N_VOCAB, N_CTX = END_OF_TEXT + 1, 1024
 MAX_TEMPERATURE = 100
 
 
-def in_place(function, x):  # function(x), written over x where the array library allows it
-    """NumPy writes the result over x: a prompt's activations are megabytes, and a fresh array for them
-    costs page faults (docs/fast-generation.md). JAX's arrays are immutable and its
-    functions take no out=, so there the result is a new array."""
-    try:
-        return function(x, out=x)
-    except TypeError:
-        return function(x)
-
-
 def gelu(x):  # elementwise: any shape -> the same shape
-    # A smooth ReLU, in the tanh approximation GPT-2 was trained with:
-    # 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
-    # computed step by step in one buffer, because in a prompt x is [n_seq, 4*n_embd] and every
-    # temporary array costs time; x*x*x because x**3 is far slower on float32.
-    y = x * x * x
-    y *= 0.044715
-    y += x
-    y *= math.sqrt(2.0 / math.pi)
-    y = in_place(np.tanh, y)
-    y += 1.0
-    y *= x
-    y *= 0.5
-    return y
+    # A smooth ReLU, in the tanh approximation GPT-2 was trained with (x * x * x: x**3 is far slower on float32)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
 def softmax(x):  # [..., n] -> [..., n], each row sums to 1
-    exp_x = in_place(np.exp, x - x.max(axis=-1, keepdims=True))  # subtracting the max keeps exp from overflowing
-    exp_x /= exp_x.sum(axis=-1, keepdims=True)
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))  # subtracting the max keeps exp from overflowing
+    exp_x /= np.sum(exp_x, axis=-1, keepdims=True)  # (the attention's are 48 MB at 1024 tokens: no third copy)
     return exp_x
 
 
 def layer_norm(x, g, b, eps=1e-5):  # [..., n_embd] -> [..., n_embd]
-    # Means as sums over n_embd: on the one row of a generation step, the call to np.mean itself costs
-    # more than its arithmetic, and a step makes two of these calls per block.
-    n_embd = x.shape[-1]
-    centered = x - x.sum(axis=-1, keepdims=True) / n_embd  # each row minus its mean: [..., n_embd]
-    variance = (centered * centered).sum(axis=-1, keepdims=True) / n_embd  # [..., 1]
-    centered /= np.sqrt(variance + eps)  # normalize each row
-    return g * centered + b  # then scale and shift
+    centered = x - x.mean(axis=-1, keepdims=True)  # each row minus its mean
+    variance = (centered * centered).mean(axis=-1, keepdims=True)  # [..., 1]
+    return g * centered / np.sqrt(variance + eps) + b  # normalize each row, then scale and shift
 
 
 def linear(x, w, b):  # [m, in], [in, out], [out] -> [m, out]
@@ -97,10 +75,8 @@ def attention(q, k, v, mask):  # [..., n_q, d], [..., n_k, d] twice, [..., n_q, 
     return attention_weights(q, k, mask) @ v  # mix the values by those weights: [..., n_q, n_k] @ [..., n_k, d]
 
 
-def causal_mask(n_q, n_k):  # [n_q, n_k]: 0 where query i may look at key j, -1e10 where j comes after it
-    """The queries are the last n_q of the n_k positions (the first n_k - n_q are cached ones).
-    A forward pass makes it once and hands it to every block."""
-    return (1 - np.tri(n_q, n_k, n_k - n_q, dtype=np.float32)) * -1e10
+def causal_mask(n_seq):  # [n_seq, n_seq]: 0 where position i may look at position j (j <= i), -1e10 after it
+    return (1 - np.tri(n_seq, dtype=np.float32)) * -1e10  # added to the scores, it leaves exp() nothing there
 
 
 def split_heads(x, n_heads):  # [..., n_seq, n_heads*d] -> [..., n_heads, n_seq, d]: heads become a batch axis
@@ -121,12 +97,8 @@ def split_qkv(x, n_head):  # [..., n_seq, 3*n_embd] -> q, k, v: each [..., n_hea
 def mha(x, c_attn, c_proj, n_head, mask, kv_cache=None):  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
     # queries, keys and values at once: [..., n_seq, n_embd] -> [..., n_seq, 3*n_embd] -> each [..., n_head, n_seq, d]
     q, k, v = split_qkv(linear(x, **c_attn), n_head)
-    if kv_cache is not None:  # keys and values of the n_past earlier positions are kept, not recomputed
-        buffer, n_past = kv_cache  # [..., 2*n_head, length, d]: the keys' heads, then the values'; int
-        n_k = n_past + k.shape[-2]
-        buffer[..., :n_head, n_past:n_k, :] = k  # this call's keys and values go after them
-        buffer[..., n_head:, n_past:n_k, :] = v
-        k, v = buffer[..., :n_head, :n_k, :], buffer[..., n_head:, :n_k, :]  # each [..., n_head, n_k, d]
+    if kv_cache is not None:  # generating: the earlier positions' keys and values are kept, not recomputed (below)
+        k, v = kv_cache.extend(k, v)  # each [..., n_head, n_past + n_seq, d]
     out = merge_heads(attention(q, k, v, mask))  # [..., n_head, n_seq, d] -> [..., n_seq, n_embd]
     return linear(out, **c_proj)  # [..., n_seq, n_embd] -> [..., n_seq, n_embd]
 
@@ -142,7 +114,7 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq
     inputs = np.asarray(inputs)  # ids as a list or an array (JAX indexes with arrays only)
     n_seq = inputs.shape[-1]
     x = wte[inputs] + wpe[:n_seq]  # token + position embeddings: [..., n_seq] -> [..., n_seq, n_embd]
-    mask = causal_mask(n_seq, n_seq)  # [n_seq, n_seq]
+    mask = causal_mask(n_seq)  # [n_seq, n_seq], made once for every block
     for block in blocks:
         x = transformer_block(x, **block, n_head=n_head, mask=mask)  # [..., n_seq, n_embd] -> the same
     return layer_norm(x, **ln_f) @ wte.T  # scores of every next token: [..., n_seq, n_embd] -> [..., n_seq, n_vocab]
@@ -155,8 +127,16 @@ def gpt2(inputs, wte, wpe, blocks, ln_f, n_head):  # [..., n_seq] -> [..., n_seq
 
 
 class KVCache(NamedTuple):  # the keys and values of the positions read so far
-    buffers: np.ndarray  # [n_layer, ..., 2*n_head, length, d]: each block's keys' heads, then its values'
+    buffers: np.ndarray  # [..., 2*n_head, length, d]: the keys' heads, then the values' (the model's: [n_layer, ...])
     n_past: int  # the positions filled, from the start
+
+    def extend(self, k, v):  # a block's new keys and values, each [..., n_head, n_new, d] -> all of them so far
+        """Writes k and v after the n_past kept positions, and returns the keys and values of every
+        position so far, each [..., n_head, n_past + n_new, d] (views of the buffer, nothing copied)."""
+        n_head, n_k = k.shape[-3], self.n_past + k.shape[-2]
+        self.buffers[..., :n_head, self.n_past : n_k, :] = k
+        self.buffers[..., n_head:, self.n_past : n_k, :] = v
+        return self.buffers[..., :n_head, :n_k, :], self.buffers[..., n_head:, :n_k, :]
 
 
 def new_kv_cache(params, n_head, length, batch=()):
@@ -179,11 +159,20 @@ def gpt2_cached(inputs, wte, wpe, blocks, ln_f, n_head, kv_cache, pad=0):  # [..
     pad = np.asarray(pad)[..., None]  # [..., 1]
     positions = np.arange(n_past, n_k) - pad  # each row counts from its own first token: [..., n_new]
     x = wte[inputs] + wpe[positions]  # [..., n_new] -> [..., n_new, n_embd]
-    empty = (np.arange(n_k) < pad) * np.float32(-1e10)  # hides a row's empty positions: [..., n_k]
-    mask = causal_mask(n_new, n_k) + empty[..., None, None, :]  # [..., 1, n_new, n_k]
+    mask = cached_mask(n_new, n_past, pad)  # [..., 1, n_new, n_k]
     for block, buffer in zip(blocks, buffers):  # x stays [..., n_new, n_embd]
         x = transformer_block(x, **block, n_head=n_head, mask=mask, kv_cache=KVCache(buffer, n_past))
     return layer_norm(x[..., -1, :], **ln_f) @ wte.T, KVCache(buffers, n_k)  # [..., n_embd] -> [..., n_vocab]
+
+
+def cached_mask(n_new, n_past, pad):  # -> [..., 1, n_new, n_past + n_new]
+    """causal_mask for n_new queries that follow n_past cached positions: query i is position n_past + i,
+    and sees every cached position and the new ones up to itself; a row's empty positions (pad) are
+    hidden from every query too."""
+    n_k = n_past + n_new
+    later = 1 - np.tri(n_new, n_k, n_past, dtype=np.float32)  # 1 where key j comes after query i: [n_new, n_k]
+    empty = np.arange(n_k) < pad  # [..., n_k]
+    return (later + empty[..., None, None, :]) * np.float32(-1e10)
 
 
 # Choosing the next token. Greedy decoding (temperature 0) always takes the most likely token and

@@ -227,7 +227,7 @@ def loss_and_grads(params, batch, n_head, mask=None, adapters=None, lora_scale=1
     if adapters is not None:
         params = with_adapters(params, adapters, lora_scale)
     wte, wpe = params["wte"], params["wpe"]
-    causal = causal_mask(n_seq, n_seq)
+    causal = causal_mask(n_seq)
     x = wte[inputs] + wpe[:n_seq]  # [n_batch, n_seq, n_embd]
     kept = []
     for block in params["blocks"]:

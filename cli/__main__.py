@@ -3,7 +3,8 @@
 import sys
 
 from cli.run import run_command_line
-from common import stop_on_signals
+from common import keep_freed_memory, stop_on_signals
 
 stop_on_signals()
+keep_freed_memory()  # the model's large arrays come from memory already mapped, not fresh pages
 run_command_line(sys.argv[1:])

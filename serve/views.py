@@ -25,7 +25,7 @@ def inside(ids, params, n_head, ablate=()):  # ids [n_seq] -> streams [n_layer][
     block, and every head's attention weights [n_layer][n_head, n_seq, n_seq]. The heads in ablate,
     (layer, head) pairs, are switched off: nothing of theirs reaches the stream."""
     n_seq = len(ids)
-    mask = gpt2.causal_mask(n_seq, n_seq)
+    mask = gpt2.causal_mask(n_seq)
     x = params["wte"][ids] + params["wpe"][:n_seq]  # [n_seq, n_embd]
     streams, weights = [], []
     for layer, block in enumerate(params["blocks"]):

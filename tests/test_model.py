@@ -10,6 +10,7 @@ from helpers import GREEDY_TOKENS, LONG_HPARAMS, N_HEAD, PROMPT_IDS, REPO_DIR, S
 
 import gpt2
 import gpt2_pico
+import train
 
 
 def test_logits_match_hf_golden(small_params, golden):
@@ -62,13 +63,37 @@ def test_float32_throughout(small_params):
     assert gpt2.softmax(x).dtype == np.float32
     assert gpt2.layer_norm(x, **block["ln_1"]).dtype == np.float32
     assert gpt2.ffn(x, **block["mlp"]).dtype == np.float32
-    mask = gpt2.causal_mask(len(x), len(x))
+    mask = gpt2.causal_mask(len(x))
     assert mask.dtype == np.float32
     assert gpt2.mha(x, **block["attn"], n_head=N_HEAD, mask=mask).dtype == np.float32
     assert gpt2.transformer_block(x, **block, n_head=N_HEAD, mask=mask).dtype == np.float32
     assert gpt2.lm_loss(small_params, PROMPT_IDS, N_HEAD).dtype == np.float32
     assert gpt2.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD).dtype == np.float32
     assert gpt2_pico.gpt2(PROMPT_IDS, **small_params, n_head=N_HEAD).dtype == np.float32
+
+
+def test_the_models_functions_change_none_of_their_arguments(small_params):
+    """gpt2.py says the model's functions are pure: after each call its arguments are as they were."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, SMALL_HPARAMS["n_embd"]), dtype=np.float32)
+    logits = rng.standard_normal((2, SMALL_HPARAMS["n_vocab"]), dtype=np.float32) * 3
+    block, mask = small_params["blocks"][0], gpt2.causal_mask(len(x))
+    calls = [
+        (gpt2.gelu, x, {}),
+        (gpt2.softmax, x, {}),
+        (gpt2.layer_norm, x, block["ln_1"]),
+        (gpt2.ffn, x, block["mlp"]),
+        (gpt2.mha, x, {**block["attn"], "n_head": N_HEAD, "mask": mask}),
+        (gpt2.transformer_block, x, {**block, "n_head": N_HEAD, "mask": mask}),
+        (gpt2.gpt2, np.array(PROMPT_IDS), {**small_params, "n_head": N_HEAD}),
+        (gpt2.log_softmax, logits, {}),
+        (gpt2.filter_logits, logits, {"temperature": 0.7, "top_k": 5, "top_p": 0.9}),
+    ]
+    for function, first, options in calls:
+        before = [np.copy(a) for _, a in train.leaves({"first": first, **options}) if isinstance(a, np.ndarray)]
+        function(first, **options)
+        after = [a for _, a in train.leaves({"first": first, **options}) if isinstance(a, np.ndarray)]
+        assert all(np.array_equal(b, a) for b, a in zip(before, after)), function.__name__
 
 
 def test_gelu_and_softmax_values():
