@@ -32,7 +32,9 @@ def test_n_samples_format_seed_and_batch_size(small_models_dir, small_params, en
     assert first.returncode == 0, first.stderr
     texts = samples(first.stdout, 5)
     assert len(set(texts)) == 5  # samples of one prompt differ
-    ids = batching.generate_batch([encoder.encode(PROMPT)] * 5, small_params, N_HEAD, 12, temperature=1.0, top_k=50, seed=7)
+    ids = batching.generate_batch(
+        [encoder.encode(PROMPT)] * 5, small_params, N_HEAD, 12, temperature=1.0, top_k=50, seed=7
+    )
     assert texts == [encoder.decode(row) for row in ids]
     for batch_size in ("1", "2", "16"):  # speed and memory, never the text
         again = cli(capsys, *args, "--batch_size", batch_size, "--models_dir", str(small_models_dir))

@@ -43,7 +43,8 @@ def test_batch_size_never_changes_the_ids(long_params):
         everything = batching.generate_batch(prompts, long_params, N_HEAD, 30, **sampling)
         for batch_size in (1, 2, 3, 7, 100):
             assert (
-                batching.generate_batch(prompts, long_params, N_HEAD, 30, batch_size=batch_size, **sampling) == everything
+                batching.generate_batch(prompts, long_params, N_HEAD, 30, batch_size=batch_size, **sampling)
+                == everything
             )
 
 
@@ -125,3 +126,14 @@ def test_reference_gpt2_takes_rows_of_equal_length(long_params, small_params, go
     ids = golden["long_ids"]  # HuggingFace's logits for these ids
     both = gpt2.gpt2(np.stack([ids, ids]), **small_params, n_head=N_HEAD)
     np.testing.assert_allclose(both[1][:, golden["columns"]], golden["long_logits_columns"], atol=1e-4, rtol=0)
+
+
+def test_a_notebooks_import_from_gpt2_still_finds_them_with_a_warning():
+    """generate_batch and generate_batch_stream moved to batching.py; `from gpt2 import ...` forwards
+    for one release."""
+    for name in ("generate_batch", "generate_batch_stream"):
+        with pytest.warns(DeprecationWarning, match=f"from batching import {name}"):
+            forwarded = getattr(gpt2, name)
+        assert forwarded is getattr(batching, name)
+    with pytest.raises(AttributeError):
+        gpt2.no_such_function  # noqa: B018 (the lookup is what is tested)

@@ -285,7 +285,10 @@ def test_weights_changed_in_place_are_converted_again(folder_copy, tmp_path, cap
     before = np.array(before["wte"])
     n_bytes = sum(4 * value.size for value in tensors_in(folder_copy))
     first = capsys.readouterr().err
-    assert f"to NumPy arrays in {tmp_path / 'models' / 'hf' / 'local'}" in first and f"{n_bytes / 1e6:,.0f} MB kept" in first
+    assert (
+        f"to NumPy arrays in {tmp_path / 'models' / 'hf' / 'local'}" in first
+        and f"{n_bytes / 1e6:,.0f} MB kept" in first
+    )
     weights = folder_copy / "model.safetensors"
     data = weights.read_bytes()
     start = 8 + int.from_bytes(data[:8], "little")

@@ -140,17 +140,17 @@ def test_lm_loss_stays_finite_where_probabilities_underflow(gpt2_jax, small_para
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
 
 
-def readme_section(title):
-    """The code blocks, (language, code), of one '## ' section of the README."""
-    with open(os.path.join(REPO_DIR, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    section = readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+def notebook_doc_section(title):
+    """The code blocks, (language, code), of one '## ' section of docs/notebook.md."""
+    with open(os.path.join(REPO_DIR, "docs", "notebook.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
 
 
-def test_readme_what_next_runs_as_written(small_models_dir, tmp_path, monkeypatch):
-    """The README's blocks in order, in a folder laid out like the repo's, with the small model as 124M."""
-    blocks = readme_section("What next")
+def test_what_next_runs_as_written(small_models_dir, tmp_path, monkeypatch):
+    """The blocks of docs/notebook.md's "What next" in order, in a folder laid out like the repo's, with the small model as 124M."""
+    blocks = notebook_doc_section("What next")
     assert [language for language, _ in blocks][:1] == ["bash"] and len(blocks) >= 4
     shutil.copy(os.path.join(REPO_DIR, "gpt2.py"), tmp_path)
     os.symlink(small_models_dir, tmp_path / "models")
@@ -162,7 +162,7 @@ def test_readme_what_next_runs_as_written(small_models_dir, tmp_path, monkeypatc
             if language == "bash":
                 subprocess.run(code, shell=True, check=True)
             else:
-                exec(compile(code, "README.md", "exec"), namespace)
+                exec(compile(code, "docs/notebook.md", "exec"), namespace)
     finally:
         sys.modules.pop("gpt2_jax", None)
     assert namespace["gpt2"].np is jnp  # the blocks used the swapped copy

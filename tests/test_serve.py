@@ -209,7 +209,10 @@ def test_several_prompts_in_one_request_and_many_clients_at_once(client):
     "options, message",
     [
         ({"max_tokens": 0}, "max_tokens must be a whole number from 1 to 1024, not 0"),
-        ({"temperature": 101}, "temperature must be a number at least 0 and at most 100, not 101"),  # as the command line
+        (
+            {"temperature": 101},
+            "temperature must be a number at least 0 and at most 100, not 101",
+        ),  # as the command line
         ({"top_p": 0}, "top_p must be a number above 0 and at most 1, not 0"),
         ({"n": 17}, "n must be a whole number from 1 to 16, not 17"),
         ({"logprobs": 6}, "logprobs must be a whole number from 0 to 5, not 6"),
@@ -791,7 +794,9 @@ def test_a_failure_after_a_request_joined_fails_the_newcomer_too(in_process, mon
 
     url, _ = in_process
     prefill, step, prefills = batching.prefill_rows, gpt2.gpt2_cached, []
-    monkeypatch.setattr(batching, "prefill_rows", lambda *args, **kwargs: (prefills.append(1), prefill(*args, **kwargs))[1])
+    monkeypatch.setattr(
+        batching, "prefill_rows", lambda *args, **kwargs: (prefills.append(1), prefill(*args, **kwargs))[1]
+    )
 
     def slow_then_failing(*args, **kwargs):
         time.sleep(0.03)

@@ -84,9 +84,7 @@ def test_micro_batches_accumulate_to_the_gradient_of_their_whole_batch(small_par
     """--grad_accum: two micro-batches of 2 give one batch of 4's loss and gradients."""
     batch = random_batch(3, 4, 24)
     loss, grads = train.loss_and_grads(small_params, batch, N_HEAD)
-    accumulated_loss, accumulated = loop.accumulated_grads(
-        small_params, [(batch[:2], None), (batch[2:], None)], N_HEAD
-    )
+    accumulated_loss, accumulated = loop.accumulated_grads(small_params, [(batch[:2], None), (batch[2:], None)], N_HEAD)
     assert abs(accumulated_loss - loss) <= 1e-5 * loss
     assert_close_per_tensor(accumulated, dict(train.leaves(grads)), tolerance=1e-5)
 

@@ -201,7 +201,9 @@ def test_a_coordinator_that_never_answers_ends_in_one_line(small_run):
 
 def test_without_jax_the_jax_backend_says_what_to_install(small_run):
     args = train_args(small_run, "--out", str(small_run / "run"), "--backend", "jax")
-    script = f"import sys; sys.modules['jax'] = None; from training import loop; loop.main({args!r})"  # as if not installed
+    script = (
+        f"import sys; sys.modules['jax'] = None; from training import loop; loop.main({args!r})"  # as if not installed
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
         "error: --backend jax needs JAX: pip install jax (or jax[cuda12] for NVIDIA GPUs)"

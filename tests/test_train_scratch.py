@@ -111,9 +111,7 @@ def reversal_run(tmp_path_factory):
     """A small GPT trained from scratch on the reversal pairs: (base, out, the held-out pairs)."""
     base = write_reversal(tmp_path_factory.mktemp("reversal"))
     out = base / "run"
-    loop.main(
-        [*pairs_args(base, "--steps", "800", "--eval_every", "800", "--save_every", "1000"), "--out", str(out)]
-    )
+    loop.main([*pairs_args(base, "--steps", "800", "--eval_every", "800", "--save_every", "1000"), "--out", str(out)])
     pairs = data.read_documents([str(base / "data" / "reverse.jsonl")])
     return base, out, data.held_out_pairs(pairs, 0.05)[1]
 
