@@ -209,7 +209,10 @@ def test_serve_on_a_peft_made_adapter_folder_answers_with_the_adapted_model(
     "extra, message",
     [
         (["--lora_rank", "0"], "lora_rank must be"),
-        (["--lora_rank", "8", "--lora_targets", "c_attn,q_proj"], "q_proj"),
+        (
+            ["--lora_rank", "8", "--lora_targets", "c_attn,q_proj"],
+            "--lora_targets: 'q_proj' is not one of c_attn, c_proj, attn.c_proj, c_fc, mlp.c_proj",
+        ),
         (["--lora_rank", "8", "--from_scratch"], "not with --from_scratch"),
         (["--lora_alpha", "16"], "--lora_alpha is for --lora_rank"),
         (["--lora_rank", "769"], "above 124M's width"),

@@ -15,6 +15,7 @@ from helpers import REPO_DIR, assert_clean_error, train_args, train_in_process
 
 from storage import run_folder
 from training import data, loop, saving
+from training import options as run_options
 
 pytestmark = pytest.mark.slow  # each trains a small model
 
@@ -259,3 +260,15 @@ def test_a_run_saved_by_an_older_train_py_resumes(trained, capsys):
     result = train(capsys, base, "--steps", "3", "--out", str(out))
     assert result.returncode == 0 and "at step 2" in result.stderr, result.stderr
     assert "saved without checksums (by an older train.py)" in result.stderr
+
+
+def test_a_resume_with_other_data_names_the_data_as_the_command_line_gives_it(tmp_path):
+    """The data are train.py's first words, not a flag: the refusal must not name a --data that does not exist."""
+    parser_flags = {s for action in run_options.make_parser()._actions for s in action.option_strings}
+    assert "--data" not in parser_flags
+    with pytest.raises(ValueError) as refused:
+        saving.check_same_options(
+            str(tmp_path), {"data": [str(tmp_path / "notes")]}, {"data": [str(tmp_path / "more")]}
+        )
+    assert f"the data {tmp_path / 'more'} (the run has {tmp_path / 'notes'})" in str(refused.value)
+    assert "--data" not in str(refused.value)
