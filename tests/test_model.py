@@ -166,3 +166,15 @@ def test_cache_takes_several_new_tokens_at_once(long_params):
 def test_cached_generation_equals_uncached_for_200_tokens(long_params):
     ids = np.random.RandomState(4).randint(0, LONG_HPARAMS["n_vocab"], 10).tolist()
     assert gpt2.generate(ids, long_params, N_HEAD, 200) == gpt2_pico.generate(ids, long_params, N_HEAD, 200)
+
+
+@pytest.mark.slow
+def test_gpt2_pico_uses_gpt2_pys_models_folder_wherever_it_runs(small_models_dir, tmp_path, monkeypatch):
+    """Run from another folder, it loads the models folder beside the code (as gpt2.py does), not a
+    second copy in ./models."""
+    import utils
+
+    monkeypatch.setattr(utils, "DEFAULT_MODELS_DIR", str(small_models_dir))
+    monkeypatch.chdir(tmp_path)
+    assert gpt2_pico.main("Hello", n_tokens_to_generate=2)
+    assert os.listdir(tmp_path) == []
