@@ -15,7 +15,18 @@ import numpy as np
 import gpt2
 from batching import row_rngs
 from gpt2 import N_CTX, N_VOCAB
-from serve.schema import boolean, encode, neutral, number, optional, prompts, refuse_unknown, stops, text, whole
+from serve.schema import (
+    boolean,
+    encode,
+    neutral,
+    number_check,
+    optional,
+    prompts,
+    refuse_unknown,
+    stops,
+    text,
+    whole_number_check,
+)
 from serve.server import BadRequest, RequestFailed
 from serve.top_tokens import most_likely, token_text, top_entries
 
@@ -35,7 +46,7 @@ def answer(app, body, request):
     try:
         for _ in completion.events_until_done(request.connection):
             pass
-        return completion.whole()
+        return completion.response()
     finally:
         finished(completion, request)
 
@@ -55,16 +66,16 @@ def finished(completion, request):  # however the request ended: its rows stop, 
 COMPLETION_FIELDS = {
     "model": (text, None),
     "prompt": (prompts, None),
-    "max_tokens": (whole(1, N_CTX), 16),  # at most any GPT-2's context (the model's own is checked later)
-    "temperature": (number(0, gpt2.MAX_TEMPERATURE), 1.0),  # as the command line allows
-    "top_p": (number(0, 1, low_open=True), 1.0),
-    "top_k": (whole(0, N_VOCAB), 0),
-    "n": (whole(1, MAX_CHOICES), 1),
+    "max_tokens": (whole_number_check(1, N_CTX), 16),  # at most any GPT-2's context (the model's own is checked later)
+    "temperature": (number_check(0, gpt2.MAX_TEMPERATURE), 1.0),  # as the command line allows
+    "top_p": (number_check(0, 1, low_open=True), 1.0),
+    "top_k": (whole_number_check(0, N_VOCAB), 0),
+    "n": (whole_number_check(1, MAX_CHOICES), 1),
     "stream": (boolean, False),
-    "logprobs": (optional(whole(0, MAX_LOGPROBS)), None),
+    "logprobs": (optional(whole_number_check(0, MAX_LOGPROBS)), None),
     "echo": (boolean, False),
     "stop": (stops, []),
-    "seed": (optional(whole(0, 2**63 - 1)), None),
+    "seed": (optional(whole_number_check(0, 2**63 - 1)), None),
     "user": (text, None),
     "frequency_penalty": (neutral(0), 0),
     "presence_penalty": (neutral(0), 0),
@@ -233,7 +244,7 @@ class Completion:
     def choice(self, index, text="", finish_reason=None, logprobs=None):
         return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def whole(self):
+    def response(self):
         """The response object once every row is done."""
         choices = []
         for index, row in enumerate(self.rows):

@@ -24,11 +24,11 @@ def as_request_check(check, *bounds, **options):  # one of gpt2.py's checks, its
     return request_check
 
 
-def whole(low, high):
+def whole_number_check(low, high):
     return as_request_check(gpt2.check_whole_number, low, high)
 
 
-def number(low, high, low_open=False):
+def number_check(low, high, low_open=False):
     check = as_request_check(gpt2.check_number, low, high, low_open=low_open)
     return lambda name, value: float(check(name, value))
 

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 import numpy as np
 
 import gpt2
-from serve.schema import number, refuse_unknown, text, tokens_of, whole
+from serve.schema import number_check, refuse_unknown, text, tokens_of, whole_number_check
 from serve.server import BadRequest
 from serve.top_tokens import most_likely, top_entries
 from train import block_forward
@@ -92,7 +92,10 @@ def heads_off(body, params, n_head):  # "ablate": [[layer, head], ...] -> a froz
     if not isinstance(ablate, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in ablate):
         raise BadRequest("ablate must be a list of [layer, head] pairs", "ablate")
     return frozenset(
-        (whole(0, n_layer - 1)("ablate's layer", layer), whole(0, n_head - 1)("ablate's head", head))
+        (
+            whole_number_check(0, n_layer - 1)("ablate's layer", layer),
+            whole_number_check(0, n_head - 1)("ablate's head", head),
+        )
         for layer, head in ablate
     )
 
@@ -103,7 +106,7 @@ def lens_view(body, encoder, params, n_head):
     block's is the model's own prediction."""
     refuse_unknown(body, ("prompt", "top", "ablate"))
     tokens = view_prompt(body, encoder, params)
-    n_top = whole(1, MAX_LENS_TOP)("top", body.get("top", MAX_LENS_TOP))
+    n_top = whole_number_check(1, MAX_LENS_TOP)("top", body.get("top", MAX_LENS_TOP))
     streams, _ = kept_inside(tokens, heads_off(body, params, n_head), params, n_head)
     logits = gpt2.layer_norm(np.concatenate(streams), **params["ln_f"]) @ params["wte"].T  # [n_layer*n_seq, n_vocab]
     ids, logprobs = most_likely(logits, n_top)
@@ -119,10 +122,10 @@ def next_view(body, encoder, params, n_head):
     under the sampling filters (gpt2.py's, as generation applies them; 0 where filtered out)."""
     refuse_unknown(body, ("prompt", "temperature", "top_k", "top_p", "ablate", "top"))
     tokens = view_prompt(body, encoder, params)
-    temperature = number(0, gpt2.MAX_TEMPERATURE)("temperature", body.get("temperature", 1.0))
-    top_k = whole(0, len(params["wte"]))("top_k", body.get("top_k", 0))
-    top_p = number(0, 1, low_open=True)("top_p", body.get("top_p", 1.0))
-    n_top = whole(1, MAX_NEXT_TOKENS)("top", body.get("top", 10))
+    temperature = number_check(0, gpt2.MAX_TEMPERATURE)("temperature", body.get("temperature", 1.0))
+    top_k = whole_number_check(0, len(params["wte"]))("top_k", body.get("top_k", 0))
+    top_p = number_check(0, 1, low_open=True)("top_p", body.get("top_p", 1.0))
+    n_top = whole_number_check(1, MAX_NEXT_TOKENS)("top", body.get("top", 10))
     streams, _ = kept_inside(tokens, heads_off(body, params, n_head), params, n_head)
     logits = gpt2.layer_norm(streams[-1][-1], **params["ln_f"]) @ params["wte"].T  # [n_vocab]
     if temperature == 0:  # greedy: the most likely token, always
@@ -143,8 +146,8 @@ def attention_view(body, encoder, params, n_head):
     refuse_unknown(body, ("prompt", "layer", "head", "ablate"))
     n_layer = len(params["blocks"])
     every = body.get("layer") == "all"
-    layer = None if every else whole(0, n_layer - 1)("layer", body.get("layer", 0))
-    head = None if every else whole(0, n_head - 1)("head", body.get("head", 0))
+    layer = None if every else whole_number_check(0, n_layer - 1)("layer", body.get("layer", 0))
+    head = None if every else whole_number_check(0, n_head - 1)("head", body.get("head", 0))
     if every and "head" in body:
         raise BadRequest('"layer": "all" answers every head: no "head" with it', "head")
     tokens = view_prompt(body, encoder, params)

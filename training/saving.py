@@ -270,7 +270,7 @@ class RunFolder:
             return
         needed, what = save_size(trained), f"to save the run at step {step}"
         with self.writing(what, needed):
-            check_room(self.out, what, needed, self.kept())
+            check_room(self.out, what, needed, self.which_save_is_kept())
             with open(self.log_path, "a") as f:
                 synced(f)  # the log's records up to this save are on disk before it counts
             save_run(self.out, trained, hparams, encoder, optimizer, state, adapter_config)
@@ -290,7 +290,7 @@ class RunFolder:
             if not no_room(e):
                 raise
             run_folder.remove_partials(self.out)
-            raise disk_full(self.out, what, needed, self.kept()) from None
+            raise disk_full(self.out, what, needed, self.which_save_is_kept()) from None
 
-    def kept(self):
+    def which_save_is_kept(self):  # the end of a message about a failed write
         return f"; the save at step {self.saved_step} is kept" if self.saved_step else "; this run has no save yet"
