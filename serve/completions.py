@@ -42,7 +42,7 @@ def answer(app, body, request):
     for row in completion.rows:
         app.decoder.waiting.put(row)
     if options["stream"]:
-        return streamed(completion, request)
+        return Streamed(completion, request)
     try:
         for _ in completion.events_until_done(request.connection):
             pass
@@ -51,11 +51,20 @@ def answer(app, body, request):
         finished(completion, request)
 
 
-def streamed(completion, request):
-    try:
-        yield from completion.chunks(request.connection)
-    finally:
-        finished(completion, request)
+class Streamed:
+    """The chunks of a streamed completion. The server closes it however the stream ended, even before
+    the first chunk (a generator's own `finally` would not run then)."""
+
+    def __init__(self, completion, request):
+        self.completion, self.request = completion, request
+        self.chunks = completion.chunks(request.connection)
+
+    def __iter__(self):
+        return self.chunks
+
+    def close(self):
+        self.chunks.close()
+        finished(self.completion, self.request)
 
 
 def finished(completion, request):  # however the request ended: its rows stop, its tokens are counted

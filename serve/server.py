@@ -45,14 +45,21 @@ class Replies:
     stream of server-sent events in chunks."""
 
     def stream(self, chunks):
-        """Server-sent events, one for each JSON object of chunks, then [DONE]."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        """Server-sent events, one for each JSON object of chunks, then [DONE]. chunks.close() runs however
+        the stream ends, the headers' write included: the route's clean-up (a client that has gone)."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            self.write_events(chunks)
+        finally:
+            chunks.close()
+
+    def write_events(self, chunks):
         try:
             for chunk in chunks:
                 self.write_chunk(f"data: {json.dumps(chunk)}\n\n")
@@ -63,8 +70,6 @@ class Replies:
                 print(f"error while streaming {self.path}: {type(e).__name__}: {e}", file=sys.stderr)
             message = str(e) if isinstance(e, RequestFailed) else "the server failed to finish this stream"
             self.write_chunk(f"data: {json.dumps(error_object(message, error_type='server_error'))}\n\n")
-        finally:
-            chunks.close()  # the route's own clean-up, however the stream ended
         self.write_chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -73,12 +78,12 @@ class Replies:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def send(self, status, data, content_type):
+    def send(self, status, data, content_type, headers=()):  # headers: more (name, value) pairs
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        if self.allow:
-            self.send_header("Allow", self.allow)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
@@ -98,7 +103,7 @@ class Handler(Replies, BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         """One request, and its line on stderr: the client, method, path, status, tokens made, seconds."""
-        self.started, self.status, self.n_tokens, self.allow = None, None, None, None
+        self.started, self.status, self.n_tokens = None, None, None
         try:
             super().handle_one_request()
         finally:
@@ -128,7 +133,7 @@ class Handler(Replies, BaseHTTPRequestHandler):
         self.answer("POST")
 
     def answer(self, method):
-        """The route's answer: a JSON object, bytes (a page), or an iterator of JSON objects (a stream)."""
+        """The route's answer: a JSON object, bytes (a page), or JSON objects to stream (iterable, with close())."""
         routes = self.server.app.routes
         route = routes.get(f"{method} {self.path}")
         try:
@@ -158,8 +163,9 @@ class Handler(Replies, BaseHTTPRequestHandler):
             return self.send_error_json(404, f"no such {what}: {method} {self.path}", code="not_found")
         if method == "POST":
             self.read_json()  # the body read, so that the connection is left where the next request starts
-        self.allow = ", ".join(allowed)
-        self.send_error_json(405, f"{self.path} takes {' or '.join(allowed)}, not {method}", code="method_not_allowed")
+        message = f"{self.path} takes {' or '.join(allowed)}, not {method}"
+        error = json.dumps(error_object(message, code="method_not_allowed")).encode()
+        self.send(405, error, "application/json", [("Allow", ", ".join(allowed))])
 
     def read_json(self):
         try:

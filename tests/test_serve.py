@@ -857,3 +857,18 @@ def test_an_error_inside_a_stream_ends_it_with_an_error_event(in_process, monkey
     assert json.loads(events[0].removeprefix("data: "))["choices"]
     assert json.loads(events[1].removeprefix("data: "))["error"]["type"] == "server_error"
     assert events[2:] == ["data: [DONE]"]
+
+
+def test_a_stream_whose_client_left_before_its_first_chunk_stops_its_rows(small_params, encoder):
+    """The server closes a stream however it ended, its headers' write included: the rows stop then
+    too, not after max_tokens more tokens for nobody."""
+    import types
+
+    from serve import completions
+
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 50, "stream": True, "n": 2}
+    options = completions.read_completion_request(body, MODEL)
+    completion = completions.Completion(options, MODEL, encoder, small_params, SMALL_HPARAMS["n_head"])
+    request = types.SimpleNamespace(connection=None, n_tokens=None)
+    completions.Streamed(completion, request).close()  # never iterated: the headers' write failed
+    assert all(row.cancelled for row in completion.rows) and request.n_tokens == 0
