@@ -59,6 +59,7 @@ class Texts:
     def tokenize(self, encoder, n_ctx):
         self.encoder, o = encoder, self.options
         self.train_ids, val_ids = training_data(o, self.documents, self.val_documents, encoder, n_ctx)
+        del self.documents, self.val_documents  # the ids are what is kept: a large text is not held twice
         self.held_out = held_out_windows(val_ids, o.batch_size, o.block_size)  # [(batch, mask)]
 
     def micro_batch(self, rng):  # -> ids [n_batch, block_size + 1], None: every prediction counts
